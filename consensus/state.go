@@ -1,67 +1,400 @@
 package consensus
 
 import (
-	"errors"
-	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/blixard/blixard/proto/blixardpb"
 )
 
-// SKELETON: the signatures below are the contract other packages build
-// against; the implementation replaces this file.
+// MaxRequests bounds the idempotent request table. When it is full the
+// oldest entry (in log order) is evicted, so every replica evicts the same
+// one.
+const MaxRequests = 10000
+
+// Defaults applied by the state machine.
+const (
+	DefaultSubnet        = "10.0.0.0/24"
+	DefaultPlacement     = "spread"
+	DefaultTenant        = "default"
+	DefaultHypervisor    = "qemu"
+	DefaultRestartMode   = "always"
+	DefaultMaxRestarts   = 5
+	DefaultRestartWindow = 600 // seconds
+)
 
 // State is the cluster state machine: pure, deterministic, no I/O, no clock.
 // It is not safe for concurrent use; the Replica serialises access.
-type State struct{}
+//
+// The in-memory model is made of the domain types below (node, vm); proto
+// records are produced only at the edge, by the query methods, in results
+// and effects, and in snapshots.
+type State struct {
+	applied uint64
+	cfg     config
+
+	nodes     map[uint64]*node
+	nodeOrder []*node // sorted by id: placement scans it, ties go to the lowest id
+
+	vms      map[string]*vm // by name
+	vmByID   map[uint64]*vm
+	nextVMID uint64
+	// waiting holds VMs whose desired state is running but that are not
+	// placed (node 0) and not lost: they are placed, lowest id first, as
+	// soon as a node with room appears.
+	waiting map[uint64]*vm
+
+	ipam ipam
+
+	requests requestTable
+}
+
+// config is the cluster configuration. initialised records whether an
+// InitCluster command was applied; until then the defaults hold.
+type config struct {
+	initialised bool
+	clusterID   string
+	subnet      netip.Prefix
+	placement   placementPolicy
+}
+
+type placementPolicy uint8
+
+const (
+	placeSpread placementPolicy = iota
+	placeBinpack
+)
+
+func (p placementPolicy) String() string {
+	if p == placeBinpack {
+		return "binpack"
+	}
+	return "spread"
+}
+
+// node is a host that can run VMs.
+type node struct {
+	id          uint64
+	apiAddr     string
+	raftAddr    string
+	gossipAddr  string
+	version     string
+	vcpus       uint32
+	memoryMB    uint64
+	labels      []label // sorted by key
+	status      blixardpb.NodeStatus
+	schedulable bool
+	updatedMS   int64
+
+	// Derived (rebuilt on restore): what the VMs placed here take.
+	usedVcpus uint64 // VMs whose desired state is running
+	usedMemMB uint64
+	vms       map[uint64]*vm // every VM placed here, by id
+}
+
+// eligible reports whether new VMs may be placed on n.
+func (n *node) eligible() bool {
+	return n.status == blixardpb.NodeStatus_NODE_STATUS_ALIVE && n.schedulable
+}
+
+func (n *node) freeVcpus() uint64 {
+	if uint64(n.vcpus) <= n.usedVcpus {
+		return 0
+	}
+	return uint64(n.vcpus) - n.usedVcpus
+}
+
+func (n *node) freeMemMB() uint64 {
+	if n.memoryMB <= n.usedMemMB {
+		return 0
+	}
+	return n.memoryMB - n.usedMemMB
+}
+
+func (n *node) fits(vcpus uint32, memMB uint64) bool {
+	return n.freeVcpus() >= uint64(vcpus) && n.freeMemMB() >= memMB
+}
+
+type label struct{ key, value string }
+
+// vm is one VM record. It is kept compact: enums are bytes, the MAC and the
+// TAP name are derived from the address and the id, the address is a
+// uint32.
+type vm struct {
+	id        uint64
+	node      uint64
+	gen       uint64
+	createdMS int64
+	updatedMS int64
+	name      string
+	tenant    string
+	message   string
+	ip        uint32 // 0: none
+	restarts  uint32
+	desired   blixardpb.DesiredState
+	status    blixardpb.VmStatus
+	spec      vmSpec
+}
+
+// vmSpec is the validated, normalised spec (defaults filled in).
+type vmSpec struct {
+	vcpus         uint32
+	maxRestarts   uint32
+	windowSeconds uint32
+	hypervisor    uint8 // index into hypervisors
+	restartMode   uint8 // index into restartModes
+	memoryMB      uint64
+	pin           uint64
+	kernel        string
+	initrd        string
+	flake         string
+	kernelParams  []string
+	volumes       []volume
+	labels        []label // sorted by key
+}
+
+type volume struct {
+	name       string
+	image      string
+	mountPoint string
+	sizeMB     uint64
+	readOnly   bool
+}
+
+var (
+	hypervisors  = []string{"qemu", "cloud-hypervisor", "firecracker"}
+	restartModes = []string{"always", "on-failure", "never"}
+)
+
+const restartNever = 2 // index of "never" in restartModes
+
+// holds reports whether v takes capacity on its node.
+func (v *vm) holds() bool {
+	return v.node != 0 && v.desired == blixardpb.DesiredState_DESIRED_RUNNING
+}
 
 // NewState returns an empty state (no nodes, no VMs, default config).
-func NewState() *State { return &State{} }
-
-// Apply applies one committed command at log index idx and returns the
-// typed result and the effects. It never panics on any input.
-func (s *State) Apply(idx uint64, cmd *blixardpb.Command) (*blixardpb.Result, []Effect) {
-	return &blixardpb.Result{Error: &blixardpb.Error{Code: blixardpb.Code_INTERNAL, Message: "not implemented"}}, nil
+func NewState() *State {
+	s := &State{}
+	s.reset()
+	return s
 }
 
-// ApplyBytes decodes a marshalled Command and applies it; undecodable bytes
-// yield an INVALID_ARGUMENT result and change nothing but the applied index.
-func (s *State) ApplyBytes(idx uint64, data []byte) (*blixardpb.Result, []Effect) {
-	return s.Apply(idx, nil)
+func (s *State) reset() {
+	*s = State{
+		cfg:      defaultConfig(),
+		nodes:    make(map[uint64]*node),
+		vms:      make(map[string]*vm),
+		vmByID:   make(map[uint64]*vm),
+		waiting:  make(map[uint64]*vm),
+		nextVMID: 1,
+		requests: newRequestTable(),
+	}
+	s.ipam.reset(s.cfg.subnet)
 }
 
-// Save writes a deterministic, versioned snapshot.
-func (s *State) Save(w io.Writer) error { return errors.New("not implemented") }
-
-// Restore replaces the state with a snapshot written by Save.
-func (s *State) Restore(r io.Reader) error { return errors.New("not implemented") }
+func defaultConfig() config {
+	return config{subnet: netip.MustParsePrefix(DefaultSubnet), placement: placeSpread}
+}
 
 // AppliedIndex is the index of the last applied command.
-func (s *State) AppliedIndex() uint64 { return 0 }
+func (s *State) AppliedIndex() uint64 { return s.applied }
 
-// Config returns a copy of the cluster configuration.
-func (s *State) Config() *blixardpb.ClusterConfig { return &blixardpb.ClusterConfig{} }
+// Config returns a copy of the cluster configuration (defaults filled in).
+func (s *State) Config() *blixardpb.ClusterConfig {
+	return s.cfg.record()
+}
+
+func (c config) record() *blixardpb.ClusterConfig {
+	return &blixardpb.ClusterConfig{
+		ClusterId: c.clusterID,
+		Subnet:    c.subnet.String(),
+		Placement: c.placement.String(),
+	}
+}
 
 // VM returns a copy of the named VM's record.
-func (s *State) VM(name string) (*blixardpb.VmRecord, bool) { return nil, false }
+func (s *State) VM(name string) (*blixardpb.VmRecord, bool) {
+	v, ok := s.vms[name]
+	if !ok {
+		return nil, false
+	}
+	return v.record(), true
+}
+
+// VMByID returns a copy of the record of the VM with the given id.
+func (s *State) VMByID(id uint64) (*blixardpb.VmRecord, bool) {
+	v, ok := s.vmByID[id]
+	if !ok {
+		return nil, false
+	}
+	return v.record(), true
+}
 
 // VMs returns copies of all VM records, sorted by name.
-func (s *State) VMs() []*blixardpb.VmRecord { return nil }
+func (s *State) VMs() []*blixardpb.VmRecord {
+	list := make([]*vm, 0, len(s.vms))
+	for _, v := range s.vms {
+		list = append(list, v)
+	}
+	return recordsByName(list)
+}
+
+// NumVMs returns the number of VMs.
+func (s *State) NumVMs() int { return len(s.vms) }
 
 // VMsOnNode returns copies of the records of VMs placed on node id, sorted by name.
-func (s *State) VMsOnNode(id uint64) []*blixardpb.VmRecord { return nil }
+func (s *State) VMsOnNode(id uint64) []*blixardpb.VmRecord {
+	n, ok := s.nodes[id]
+	if !ok {
+		return nil
+	}
+	list := make([]*vm, 0, len(n.vms))
+	for _, v := range n.vms {
+		list = append(list, v)
+	}
+	return recordsByName(list)
+}
+
+func recordsByName(list []*vm) []*blixardpb.VmRecord {
+	slices.SortFunc(list, func(a, b *vm) int { return strings.Compare(a.name, b.name) })
+	out := make([]*blixardpb.VmRecord, len(list))
+	for i, v := range list {
+		out[i] = v.record()
+	}
+	return out
+}
 
 // Node returns a copy of node id's record.
-func (s *State) Node(id uint64) (*blixardpb.NodeRecord, bool) { return nil, false }
+func (s *State) Node(id uint64) (*blixardpb.NodeRecord, bool) {
+	n, ok := s.nodes[id]
+	if !ok {
+		return nil, false
+	}
+	return n.record(), true
+}
 
 // Nodes returns copies of all node records, sorted by id.
-func (s *State) Nodes() []*blixardpb.NodeRecord { return nil }
+func (s *State) Nodes() []*blixardpb.NodeRecord {
+	out := make([]*blixardpb.NodeRecord, len(s.nodeOrder))
+	for i, n := range s.nodeOrder {
+		out[i] = n.record()
+	}
+	return out
+}
 
 // Usage is what the VMs placed on a node take from it.
 type Usage struct {
+	// Vcpus and MemoryMB sum the VMs placed on the node whose desired
+	// state is running (a stopped VM keeps its node but holds nothing).
 	Vcpus    uint32
 	MemoryMB uint64
-	VMs      int
+	// VMs counts every VM placed on the node, running or stopped.
+	VMs int
 }
 
 // NodeUsage returns the resources reserved on node id.
-func (s *State) NodeUsage(id uint64) Usage { return Usage{} }
+func (s *State) NodeUsage(id uint64) Usage {
+	n, ok := s.nodes[id]
+	if !ok {
+		return Usage{}
+	}
+	v := n.usedVcpus
+	if v > 1<<32-1 {
+		v = 1<<32 - 1
+	}
+	return Usage{Vcpus: uint32(v), MemoryMB: n.usedMemMB, VMs: len(n.vms)}
+}
+
+// record converts n to its proto form (a fresh copy).
+func (n *node) record() *blixardpb.NodeRecord {
+	return &blixardpb.NodeRecord{
+		Id:            n.id,
+		ApiAddr:       n.apiAddr,
+		RaftAddr:      n.raftAddr,
+		GossipAddr:    n.gossipAddr,
+		Vcpus:         n.vcpus,
+		MemoryMb:      n.memoryMB,
+		Labels:        labelMap(n.labels),
+		Status:        n.status,
+		Schedulable:   n.schedulable,
+		Version:       n.version,
+		UpdatedUnixMs: n.updatedMS,
+	}
+}
+
+// record converts v to its proto form (a fresh copy).
+func (v *vm) record() *blixardpb.VmRecord {
+	r := &blixardpb.VmRecord{
+		Id:            v.id,
+		Spec:          v.specRecord(),
+		Desired:       v.desired,
+		NodeId:        v.node,
+		Generation:    v.gen,
+		Status:        v.status,
+		Restarts:      v.restarts,
+		Message:       v.message,
+		CreatedUnixMs: v.createdMS,
+		UpdatedUnixMs: v.updatedMS,
+		Tap:           tapName(v.id),
+	}
+	if v.ip != 0 {
+		r.Ip = ipString(v.ip)
+		r.Mac = macFromIP(v.ip)
+	}
+	return r
+}
+
+func (v *vm) specRecord() *blixardpb.VmSpec {
+	sp := &v.spec
+	r := &blixardpb.VmSpec{
+		Name:       v.name,
+		Tenant:     v.tenant,
+		Hypervisor: hypervisors[sp.hypervisor],
+		Vcpus:      sp.vcpus,
+		MemoryMb:   sp.memoryMB,
+		Kernel:     sp.kernel,
+		Initrd:     sp.initrd,
+		Flake:      sp.flake,
+		Restart: &blixardpb.RestartPolicy{
+			Mode:          restartModes[sp.restartMode],
+			MaxRestarts:   sp.maxRestarts,
+			WindowSeconds: sp.windowSeconds,
+		},
+		NodeId: sp.pin,
+		Labels: labelMap(sp.labels),
+	}
+	if len(sp.kernelParams) > 0 {
+		r.KernelParams = slices.Clone(sp.kernelParams)
+	}
+	for _, vol := range sp.volumes {
+		r.Volumes = append(r.Volumes, &blixardpb.Volume{
+			Name:       vol.name,
+			Image:      vol.image,
+			SizeMb:     vol.sizeMB,
+			MountPoint: vol.mountPoint,
+			ReadOnly:   vol.readOnly,
+		})
+	}
+	return r
+}
+
+func labelMap(ls []label) map[string]string {
+	if len(ls) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(ls))
+	for _, l := range ls {
+		m[l.key] = l.value
+	}
+	return m
+}
+
+// tapName is the host TAP device of VM id: "vm-" + base36(id), at most
+// 3+13 = 16 bytes for the largest uint64, and at most 15 (IFNAMSIZ-1) for
+// every id below 36^12 — far beyond any cluster.
+func tapName(id uint64) string {
+	return "vm-" + strconv.FormatUint(id, 36)
+}

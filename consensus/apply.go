@@ -1,0 +1,569 @@
+package consensus
+
+import (
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/blixard/blixard/proto/blixardpb"
+)
+
+// Apply applies one committed command at log index idx and returns the
+// typed result and the effects. It never panics on any input.
+//
+// A command with a request id seen before (and still in the bounded
+// table) returns the stored result of its first application and changes
+// nothing. A failed command changes nothing but the applied index.
+func (s *State) Apply(idx uint64, cmd *blixardpb.Command) (*blixardpb.Result, []Effect) {
+	s.applied = idx
+	if cmd == nil {
+		return errResult(invalid("empty command")), nil
+	}
+	rid := cmd.GetRequestId()
+	if rid != "" {
+		if err := checkText("request_id", rid, MaxRequestID); err != nil {
+			return errResult(err), nil
+		}
+		if e, ok := s.requests.get(rid); ok {
+			return proto.Clone(e.result).(*blixardpb.Result), nil
+		}
+	}
+	a := applier{State: s, now: cmd.GetTimeUnixMs()}
+	res, err := a.dispatch(cmd)
+	if err != nil {
+		return errResult(err), nil
+	}
+	res.Error = &blixardpb.Error{Code: blixardpb.Code_OK}
+	if rid != "" {
+		s.requests.add(&requestEntry{id: rid, index: idx, result: proto.Clone(res).(*blixardpb.Result)})
+	}
+	return res, a.effects
+}
+
+// ApplyBytes decodes a marshalled Command and applies it; undecodable bytes
+// yield an INVALID_ARGUMENT result and change nothing but the applied index.
+func (s *State) ApplyBytes(idx uint64, data []byte) (*blixardpb.Result, []Effect) {
+	cmd := &blixardpb.Command{}
+	if err := proto.Unmarshal(data, cmd); err != nil {
+		s.applied = idx
+		return errResult(invalid("undecodable command (%d bytes): %v", len(data), err)), nil
+	}
+	return s.Apply(idx, cmd)
+}
+
+func errResult(e *cmdErr) *blixardpb.Result {
+	return &blixardpb.Result{Error: &blixardpb.Error{Code: e.code, Message: e.msg}}
+}
+
+// applier carries what one command's application accumulates.
+type applier struct {
+	*State
+	now     int64
+	effects []Effect
+}
+
+func (a *applier) dispatch(cmd *blixardpb.Command) (*blixardpb.Result, *cmdErr) {
+	switch op := cmd.GetOp().(type) {
+	case *blixardpb.Command_InitCluster:
+		return a.initCluster(op.InitCluster)
+	case *blixardpb.Command_UpsertNode:
+		return a.upsertNode(op.UpsertNode)
+	case *blixardpb.Command_SetNodeStatus:
+		return a.setNodeStatus(op.SetNodeStatus)
+	case *blixardpb.Command_SetNodeSchedulable:
+		return a.setNodeSchedulable(op.SetNodeSchedulable)
+	case *blixardpb.Command_RemoveNode:
+		return a.removeNode(op.RemoveNode)
+	case *blixardpb.Command_CreateVm:
+		return a.createVM(op.CreateVm)
+	case *blixardpb.Command_StartVm:
+		return a.startVM(op.StartVm)
+	case *blixardpb.Command_StopVm:
+		return a.stopVM(op.StopVm)
+	case *blixardpb.Command_DeleteVm:
+		return a.deleteVM(op.DeleteVm)
+	case *blixardpb.Command_MigrateVm:
+		return a.migrateVM(op.MigrateVm)
+	case *blixardpb.Command_ReportVmStatus:
+		return a.reportVMStatus(op.ReportVmStatus)
+	case nil:
+		return nil, invalid("command has no operation")
+	default:
+		return nil, invalid("unknown command operation %T", op)
+	}
+}
+
+// emit records an effect for v as it is now.
+func (a *applier) emit(v *vm, prev uint64, deleted bool) {
+	if prev == v.node {
+		prev = 0
+	}
+	a.effects = append(a.effects, Effect{VM: v.record(), PrevNodeID: prev, Deleted: deleted})
+}
+
+// detach removes v from the derived indexes (node usage, node VM set,
+// waiting set) before its placement or desired state changes; attach adds
+// it back afterwards.
+func (s *State) detach(v *vm) {
+	if v.node != 0 {
+		if n, ok := s.nodes[v.node]; ok {
+			if v.holds() {
+				n.usedVcpus -= uint64(v.spec.vcpus)
+				n.usedMemMB -= v.spec.memoryMB
+			}
+			delete(n.vms, v.id)
+		}
+	}
+	delete(s.waiting, v.id)
+}
+
+func (s *State) attach(v *vm) {
+	if v.node != 0 {
+		if n, ok := s.nodes[v.node]; ok {
+			if v.holds() {
+				n.usedVcpus += uint64(v.spec.vcpus)
+				n.usedMemMB += v.spec.memoryMB
+			}
+			n.vms[v.id] = v
+		}
+	} else if v.desired == blixardpb.DesiredState_DESIRED_RUNNING && v.status != blixardpb.VmStatus_VM_STATUS_LOST {
+		s.waiting[v.id] = v
+	}
+}
+
+// update applies fn to v (which may change its placement and desired
+// state), keeps the indexes right, bumps the generation and emits the
+// effect.
+func (a *applier) update(v *vm, fn func()) {
+	prev := v.node
+	a.detach(v)
+	fn()
+	v.gen++
+	v.updatedMS = a.now
+	a.attach(v)
+	a.emit(v, prev, false)
+}
+
+// move re-places v on node id (0: unplaced) with status st.
+func (a *applier) move(v *vm, id uint64, st blixardpb.VmStatus, msg string) {
+	a.update(v, func() { v.node, v.status, v.message = id, st, msg })
+}
+
+// ---------------------------------------------------------------------------
+// cluster and nodes
+
+func (a *applier) initCluster(op *blixardpb.InitCluster) (*blixardpb.Result, *cmdErr) {
+	c, err := validateConfig(op.GetConfig())
+	if err != nil {
+		return nil, err
+	}
+	if a.cfg.initialised {
+		if c == a.cfg {
+			return &blixardpb.Result{}, nil
+		}
+		return nil, errf(blixardpb.Code_FAILED_PRECONDITION,
+			"cluster already initialised (cluster_id %q, subnet %s, placement %s): InitCluster is accepted once",
+			a.cfg.clusterID, a.cfg.subnet, a.cfg.placement)
+	}
+	if c.subnet != a.cfg.subnet && len(a.vms) > 0 {
+		return nil, errf(blixardpb.Code_FAILED_PRECONDITION,
+			"cannot change the subnet to %s: %d vms already hold addresses in %s", c.subnet, len(a.vms), a.cfg.subnet)
+	}
+	if c.subnet != a.cfg.subnet {
+		a.ipam.reset(c.subnet)
+	}
+	a.cfg = c
+	return &blixardpb.Result{}, nil
+}
+
+func (a *applier) upsertNode(op *blixardpb.UpsertNode) (*blixardpb.Result, *cmdErr) {
+	rec := op.GetNode()
+	labels, err := validateNode(rec)
+	if err != nil {
+		return nil, err
+	}
+	n, ok := a.nodes[rec.GetId()]
+	if !ok {
+		n = &node{
+			id:          rec.GetId(),
+			status:      blixardpb.NodeStatus_NODE_STATUS_ALIVE,
+			schedulable: true,
+			vms:         make(map[uint64]*vm),
+		}
+		a.nodes[n.id] = n
+		i, _ := slices.BinarySearchFunc(a.nodeOrder, n.id, func(x *node, id uint64) int {
+			switch {
+			case x.id < id:
+				return -1
+			case x.id > id:
+				return 1
+			}
+			return 0
+		})
+		a.nodeOrder = slices.Insert(a.nodeOrder, i, n)
+	}
+	n.apiAddr = rec.GetApiAddr()
+	n.raftAddr = rec.GetRaftAddr()
+	n.gossipAddr = rec.GetGossipAddr()
+	n.version = rec.GetVersion()
+	n.vcpus = rec.GetVcpus()
+	n.memoryMB = rec.GetMemoryMb()
+	n.labels = labels
+	n.updatedMS = a.now
+	if st := rec.GetStatus(); st != blixardpb.NodeStatus_NODE_STATUS_UNSPECIFIED {
+		a.setStatus(n, st)
+	}
+	a.placeWaiting()
+	return &blixardpb.Result{Node: n.record()}, nil
+}
+
+func (a *applier) node(id uint64) (*node, *cmdErr) {
+	n, ok := a.nodes[id]
+	if !ok {
+		return nil, errf(blixardpb.Code_NOT_FOUND, "node %d not found", id)
+	}
+	return n, nil
+}
+
+func (a *applier) setNodeStatus(op *blixardpb.SetNodeStatus) (*blixardpb.Result, *cmdErr) {
+	if err := checkNodeStatus(op.GetStatus()); err != nil {
+		return nil, err
+	}
+	n, err := a.node(op.GetNodeId())
+	if err != nil {
+		return nil, err
+	}
+	if n.status != op.GetStatus() {
+		n.updatedMS = a.now
+		a.setStatus(n, op.GetStatus())
+		a.placeWaiting()
+	}
+	return &blixardpb.Result{Node: n.record()}, nil
+}
+
+// setStatus moves node n to status st:
+//   - draining makes it unschedulable (its VMs stay until moved or the node
+//     goes down or leaves); back to alive from draining makes it
+//     schedulable again;
+//   - down and left re-place its VMs whose desired state is running
+//     (restart mode never: they become lost instead); left also unplaces its
+//     stopped VMs, as the node is gone for good;
+//   - suspect only stops new placements.
+func (a *applier) setStatus(n *node, st blixardpb.NodeStatus) {
+	old := n.status
+	if old == st {
+		return
+	}
+	n.status = st
+	switch st {
+	case blixardpb.NodeStatus_NODE_STATUS_DRAINING:
+		n.schedulable = false
+	case blixardpb.NodeStatus_NODE_STATUS_ALIVE:
+		if old == blixardpb.NodeStatus_NODE_STATUS_DRAINING {
+			n.schedulable = true
+		}
+	case blixardpb.NodeStatus_NODE_STATUS_DOWN:
+		a.evacuate(n, false)
+	case blixardpb.NodeStatus_NODE_STATUS_LEFT:
+		a.evacuate(n, true)
+	}
+}
+
+// evacuate re-places the VMs of n, which must no longer be eligible. With
+// all set, stopped VMs lose their placement too.
+func (a *applier) evacuate(n *node, all bool) {
+	ids := make([]uint64, 0, len(n.vms))
+	for id := range n.vms {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	why := nodeStatusName(n.status)
+	for _, id := range ids {
+		v := n.vms[id]
+		if v.desired != blixardpb.DesiredState_DESIRED_RUNNING {
+			if all {
+				a.move(v, 0, v.status, v.message)
+			}
+			continue
+		}
+		if v.spec.restartMode == restartNever {
+			a.move(v, 0, blixardpb.VmStatus_VM_STATUS_LOST,
+				"lost: node "+u64(n.id)+" is "+why+" and the restart mode is never")
+			continue
+		}
+		to, err := a.choose(v, n.id)
+		if err != nil {
+			a.move(v, 0, blixardpb.VmStatus_VM_STATUS_PENDING,
+				"waiting for a node with room: node "+u64(n.id)+" is "+why+"; "+err.msg)
+			continue
+		}
+		a.move(v, to.id, blixardpb.VmStatus_VM_STATUS_PENDING, "")
+	}
+}
+
+// placeWaiting places, lowest id first, the VMs that wait for room.
+func (a *applier) placeWaiting() {
+	if len(a.waiting) == 0 {
+		return
+	}
+	ids := make([]uint64, 0, len(a.waiting))
+	for id := range a.waiting {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		v := a.waiting[id]
+		to, err := a.choose(v, 0)
+		if err != nil {
+			continue
+		}
+		a.move(v, to.id, blixardpb.VmStatus_VM_STATUS_PENDING, "")
+	}
+}
+
+func (a *applier) setNodeSchedulable(op *blixardpb.SetNodeSchedulable) (*blixardpb.Result, *cmdErr) {
+	n, err := a.node(op.GetNodeId())
+	if err != nil {
+		return nil, err
+	}
+	if op.GetSchedulable() && n.status == blixardpb.NodeStatus_NODE_STATUS_DRAINING {
+		n.status = blixardpb.NodeStatus_NODE_STATUS_ALIVE
+	}
+	if n.schedulable != op.GetSchedulable() {
+		n.schedulable = op.GetSchedulable()
+		n.updatedMS = a.now
+		a.placeWaiting()
+	}
+	return &blixardpb.Result{Node: n.record()}, nil
+}
+
+func (a *applier) removeNode(op *blixardpb.RemoveNode) (*blixardpb.Result, *cmdErr) {
+	n, err := a.node(op.GetNodeId())
+	if err != nil {
+		return nil, err
+	}
+	if n.status != blixardpb.NodeStatus_NODE_STATUS_LEFT {
+		n.status = blixardpb.NodeStatus_NODE_STATUS_LEFT
+		a.evacuate(n, true)
+	} else if len(n.vms) > 0 {
+		a.evacuate(n, true)
+	}
+	rec := n.record()
+	delete(a.nodes, n.id)
+	a.nodeOrder = slices.DeleteFunc(a.nodeOrder, func(x *node) bool { return x == n })
+	a.placeWaiting()
+	return &blixardpb.Result{Node: rec}, nil
+}
+
+// ---------------------------------------------------------------------------
+// VMs
+
+func (a *applier) vm(name string) (*vm, *cmdErr) {
+	v, ok := a.vms[name]
+	if !ok {
+		return nil, errf(blixardpb.Code_NOT_FOUND, "vm %q not found", name)
+	}
+	return v, nil
+}
+
+func (a *applier) createVM(op *blixardpb.CreateVm) (*blixardpb.Result, *cmdErr) {
+	name, tenant, sp, err := validateSpec(op.GetSpec())
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := a.vms[name]; ok {
+		return nil, errf(blixardpb.Code_ALREADY_EXISTS, "vm %q already exists", name)
+	}
+	if err := a.checkLargest(sp.vcpus, sp.memoryMB); err != nil {
+		return nil, err
+	}
+	v := &vm{
+		name:      name,
+		tenant:    tenant,
+		spec:      sp,
+		gen:       1,
+		createdMS: a.now,
+		updatedMS: a.now,
+		desired:   blixardpb.DesiredState_DESIRED_STOPPED,
+		status:    blixardpb.VmStatus_VM_STATUS_STOPPED,
+	}
+	if !op.GetNoStart() {
+		n, err := a.choose(v, 0)
+		if err != nil {
+			return nil, err
+		}
+		v.node = n.id
+		v.desired = blixardpb.DesiredState_DESIRED_RUNNING
+		v.status = blixardpb.VmStatus_VM_STATUS_PENDING
+	} else if sp.pin != 0 {
+		if _, err := a.node(sp.pin); err != nil {
+			err.msg = "pinned " + err.msg
+			return nil, err
+		}
+	}
+	if a.nextVMID == math.MaxUint64 {
+		return nil, errf(blixardpb.Code_RESOURCE_EXHAUSTED, "vm ids are exhausted")
+	}
+	ip, ok := a.ipam.alloc()
+	if !ok {
+		return nil, errf(blixardpb.Code_RESOURCE_EXHAUSTED, "subnet %s is exhausted (%d addresses in use)", a.cfg.subnet, a.ipam.used)
+	}
+	v.ip = ip
+	v.id = a.nextVMID
+	a.nextVMID++
+	a.vms[v.name] = v
+	a.vmByID[v.id] = v
+	a.attach(v)
+	a.emit(v, 0, false)
+	return &blixardpb.Result{Vm: v.record()}, nil
+}
+
+func (a *applier) startVM(op *blixardpb.StartVm) (*blixardpb.Result, *cmdErr) {
+	v, err := a.vm(op.GetName())
+	if err != nil {
+		return nil, err
+	}
+	running := v.desired == blixardpb.DesiredState_DESIRED_RUNNING
+	if running && v.node != 0 && v.status != blixardpb.VmStatus_VM_STATUS_FAILED {
+		return &blixardpb.Result{Vm: v.record()}, nil // already running: nothing to do
+	}
+	var to uint64
+	switch {
+	case running && v.node != 0:
+		// Failed where it is placed: it already holds its room; try again there.
+		to = v.node
+	case v.node != 0 && a.canStay(v):
+		to = v.node
+	default:
+		n, err := a.choose(v, 0)
+		if err != nil {
+			return nil, err
+		}
+		to = n.id
+	}
+	a.update(v, func() {
+		v.desired = blixardpb.DesiredState_DESIRED_RUNNING
+		v.node, v.status, v.message, v.restarts = to, blixardpb.VmStatus_VM_STATUS_PENDING, "", 0
+	})
+	return &blixardpb.Result{Vm: v.record()}, nil
+}
+
+// canStay reports whether stopped VM v can start again on the node it
+// keeps.
+func (a *applier) canStay(v *vm) bool {
+	n, ok := a.nodes[v.node]
+	if !ok || !n.eligible() || !n.fits(v.spec.vcpus, v.spec.memoryMB) {
+		return false
+	}
+	return v.spec.pin == 0 || v.spec.pin == v.node
+}
+
+func (a *applier) stopVM(op *blixardpb.StopVm) (*blixardpb.Result, *cmdErr) {
+	v, err := a.vm(op.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if v.desired == blixardpb.DesiredState_DESIRED_STOPPED {
+		return &blixardpb.Result{Vm: v.record()}, nil
+	}
+	a.update(v, func() {
+		v.desired = blixardpb.DesiredState_DESIRED_STOPPED
+		if v.node == 0 {
+			// Nothing runs it: it is stopped as of now.
+			v.status, v.message = blixardpb.VmStatus_VM_STATUS_STOPPED, ""
+		}
+	})
+	a.placeWaiting()
+	return &blixardpb.Result{Vm: v.record()}, nil
+}
+
+func (a *applier) deleteVM(op *blixardpb.DeleteVm) (*blixardpb.Result, *cmdErr) {
+	v, err := a.vm(op.GetName())
+	if err != nil {
+		return nil, err
+	}
+	a.detach(v)
+	delete(a.vms, v.name)
+	delete(a.vmByID, v.id)
+	a.ipam.release(v.ip)
+	v.gen++
+	v.updatedMS = a.now
+	a.emit(v, 0, true)
+	a.placeWaiting()
+	return &blixardpb.Result{Vm: v.record()}, nil
+}
+
+func (a *applier) migrateVM(op *blixardpb.MigrateVm) (*blixardpb.Result, *cmdErr) {
+	v, err := a.vm(op.GetName())
+	if err != nil {
+		return nil, err
+	}
+	var to *node
+	if t := op.GetTargetNodeId(); t != 0 {
+		if v.spec.pin != 0 && v.spec.pin != t {
+			return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "vm %q is pinned to node %d: it cannot move to node %d", v.name, v.spec.pin, t)
+		}
+		if t == v.node {
+			return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "vm %q is already on node %d", v.name, t)
+		}
+		if to, err = a.placeOn(t, v.spec.vcpus, v.spec.memoryMB, "target"); err != nil {
+			return nil, err
+		}
+	} else if to, err = a.choose(v, v.node); err != nil {
+		return nil, err
+	}
+	st := v.status
+	if v.desired == blixardpb.DesiredState_DESIRED_RUNNING {
+		st = blixardpb.VmStatus_VM_STATUS_PENDING
+	}
+	a.move(v, to.id, st, "")
+	a.placeWaiting()
+	return &blixardpb.Result{Vm: v.record()}, nil
+}
+
+func (a *applier) reportVMStatus(op *blixardpb.ReportVmStatus) (*blixardpb.Result, *cmdErr) {
+	st := op.GetStatus()
+	if st <= blixardpb.VmStatus_VM_STATUS_UNSPECIFIED || st > blixardpb.VmStatus_VM_STATUS_LOST {
+		return nil, invalid("invalid vm status %s: must be pending, starting, running, stopping, stopped, failed or lost", vmStatusName(st))
+	}
+	v, err := a.vm(op.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if id := op.GetVmId(); id != 0 && id != v.id {
+		return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q has id %d, the report is for id %d", v.name, v.id, id)
+	}
+	if v.node == 0 || op.GetNodeId() != v.node {
+		return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q is placed on node %d, the report comes from node %d", v.name, v.node, op.GetNodeId())
+	}
+	if op.GetGeneration() != v.gen {
+		return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q is at generation %d, the report is for generation %d", v.name, v.gen, op.GetGeneration())
+	}
+	v.status = st
+	v.restarts = op.GetRestarts()
+	v.message = clipMessage(op.GetMessage())
+	v.updatedMS = a.now
+	return &blixardpb.Result{Vm: v.record()}, nil
+}
+
+// clipMessage makes an agent's message valid UTF-8 and at most
+// MaxMessageLen bytes, cutting at a rune boundary.
+func clipMessage(m string) string {
+	if !utf8.ValidString(m) {
+		m = strings.ToValidUTF8(m, "\uFFFD")
+	}
+	if len(m) <= MaxMessageLen {
+		return m
+	}
+	cut := MaxMessageLen
+	for cut > 0 && !utf8.RuneStart(m[cut]) {
+		cut--
+	}
+	return m[:cut]
+}
+
+func u64(x uint64) string { return strconv.FormatUint(x, 10) }
