@@ -104,7 +104,9 @@ func TestApplyRejects(t *testing.T) {
 			msg: `volume "data" has neither an image nor a size_mb: give an image path or a size_mb of 1-16777216`},
 		{name: "volume huge", cmd: mutSpec(func(s *blixardpb.VmSpec) { s.Volumes = []*blixardpb.Volume{{Name: "data", SizeMb: 1 << 40}} }), code: codeInvalid,
 			msg: `volume "data" size_mb 1099511627776 out of range: must be at most 16777216`},
-		{name: "volume mount", cmd: mutSpec(func(s *blixardpb.VmSpec) { s.Volumes = []*blixardpb.Volume{{Name: "data", SizeMb: 1, MountPoint: "srv"}} }), code: codeInvalid,
+		{name: "volume mount", cmd: mutSpec(func(s *blixardpb.VmSpec) {
+			s.Volumes = []*blixardpb.Volume{{Name: "data", SizeMb: 1, MountPoint: "srv"}}
+		}), code: codeInvalid,
 			msg: `volume "data" mount_point "srv": must be an absolute path`},
 		{name: "many volumes", cmd: mutSpec(func(s *blixardpb.VmSpec) { s.Volumes = make([]*blixardpb.Volume, 17) }), code: codeInvalid,
 			msg: "17 volumes: at most 16 allowed"},
