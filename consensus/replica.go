@@ -1,0 +1,571 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"github.com/lni/dragonboat/v4/client"
+	dbconfig "github.com/lni/dragonboat/v4/config"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/blixard/blixard/proto/blixardpb"
+)
+
+// Defaults of ReplicaConfig. The Raft timings suit a LAN or loopback: a
+// 10 ms logical tick, heartbeats every 20 ms and an election timeout drawn
+// from [200 ms, 400 ms), so that a dead leader is replaced well within the
+// 1 s failover budget while a briefly busy process (GC, -race) does not
+// trigger elections.
+const (
+	DefaultShardID            = 1
+	DefaultSnapshotEntries    = 1000
+	DefaultCompactionOverhead = 500
+	DefaultRTTMillisecond     = 10
+	DefaultElectionRTT        = 20
+	DefaultHeartbeatRTT       = 2
+
+	// DefaultOpTimeout bounds a Propose, Read or membership change whose
+	// context carries no deadline (dragonboat requires one).
+	DefaultOpTimeout = 10 * time.Second
+)
+
+// ReplicaConfig configures the local replica of the cluster state.
+// Zero values take the defaults above.
+type ReplicaConfig struct {
+	// ReplicaID is the Raft replica id; blixard uses the node id. Nonzero.
+	ReplicaID uint64
+	// ShardID is the Raft shard holding the cluster state (default 1).
+	ShardID uint64
+	// DataDir holds the Raft log, snapshots and NodeHost metadata. It is
+	// created when missing; an existing one is recovered.
+	DataDir string
+	// RaftAddr is the host:port this replica listens on and that peers
+	// dial. It may not change across restarts.
+	RaftAddr string
+	// InitialMembers maps replica id to Raft address for the members that
+	// bootstrap the cluster; every initial member passes the same map.
+	// Empty with Join unset bootstraps a single-node cluster of this
+	// replica alone. It is ignored once the data dir has been bootstrapped.
+	InitialMembers map[uint64]string
+	// Join starts a replica that an existing cluster has added (AddVoter
+	// or AddNonVoting on the leader) instead of bootstrapping one. It is
+	// ignored once the data dir has been bootstrapped.
+	Join bool
+	// SnapshotEntries is how many applied entries trigger a snapshot
+	// (default 1000); CompactionOverhead is how many entries before a
+	// snapshot stay in the log for slow followers (default 500).
+	SnapshotEntries    uint64
+	CompactionOverhead uint64
+	// RTTMillisecond is the Raft logical tick; ElectionRTT and
+	// HeartbeatRTT are counted in ticks. ElectionRTT must exceed
+	// 2×HeartbeatRTT.
+	RTTMillisecond uint64
+	ElectionRTT    uint64
+	HeartbeatRTT   uint64
+	// Logger receives the replica's own messages (default slog.Default()).
+	// The first non-nil Logger in the process also receives dragonboat's
+	// messages (WARNING and above), because dragonboat's logger is global.
+	Logger *slog.Logger
+	// OnEffects receives, in log order, the effects of each applied command
+	// that concern this replica's node (Effect.Concerns(ReplicaID)). It is
+	// called from dragonboat's apply goroutine while the state is
+	// write-locked: it must not block and must not call back into the
+	// Replica synchronously (hand the effects to a channel or actor).
+	// It also sees the effects of entries replayed from the log at start.
+	OnEffects func([]Effect)
+	// OnRestore is called after the state was replaced by a snapshot (when
+	// the replica restarts from a data dir holding one, or catches up from
+	// a snapshot sent by the leader). Effects of the commands the snapshot
+	// covers are never delivered, so agents must reconcile against the
+	// state. Same rules as OnEffects: non-blocking, no synchronous calls
+	// back into the Replica.
+	OnRestore func()
+}
+
+func (c *ReplicaConfig) setDefaults() error {
+	if c.ReplicaID == 0 {
+		return errors.New("replica id must be nonzero")
+	}
+	if c.DataDir == "" {
+		return errors.New("data dir is required")
+	}
+	if c.RaftAddr == "" {
+		return errors.New("raft address is required")
+	}
+	if c.ShardID == 0 {
+		c.ShardID = DefaultShardID
+	}
+	if c.SnapshotEntries == 0 {
+		c.SnapshotEntries = DefaultSnapshotEntries
+	}
+	if c.CompactionOverhead == 0 {
+		c.CompactionOverhead = DefaultCompactionOverhead
+	}
+	if c.RTTMillisecond == 0 {
+		c.RTTMillisecond = DefaultRTTMillisecond
+	}
+	if c.ElectionRTT == 0 {
+		c.ElectionRTT = DefaultElectionRTT
+	}
+	if c.HeartbeatRTT == 0 {
+		c.HeartbeatRTT = DefaultHeartbeatRTT
+	}
+	if c.ElectionRTT <= 2*c.HeartbeatRTT {
+		return fmt.Errorf("election rtt %d must exceed twice the heartbeat rtt %d", c.ElectionRTT, c.HeartbeatRTT)
+	}
+	if c.Join && len(c.InitialMembers) > 0 {
+		return errors.New("a joining replica takes no initial members")
+	}
+	if len(c.InitialMembers) > 0 {
+		if _, ok := c.InitialMembers[c.ReplicaID]; !ok {
+			return fmt.Errorf("initial members do not include replica %d", c.ReplicaID)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// raftLogDBConfig keeps the Raft log store small: a single Pebble
+// instance (blixard runs one shard per process) with 4 MiB memtables,
+// about 16 MiB of write buffers in total instead of dragonboat's default
+// 16 instances reserving up to 8 GiB. Three NodeHosts fit comfortably in
+// one test process. The shard count is recorded in the data dir and must
+// never change.
+func raftLogDBConfig() dbconfig.LogDBConfig {
+	c := dbconfig.GetTinyMemLogDBConfig()
+	c.Shards = 1
+	return c
+}
+
+// Replica is the local member of the Raft shard that replicates State:
+// one dragonboat NodeHost per process holding one shard.
+//
+// All methods are safe for concurrent use. Propose, Read, WaitReady and
+// the membership methods block until done, the context ends, or (when
+// the context has no deadline) DefaultOpTimeout passes. LeaderID,
+// AppliedIndex and ID never block. After Close every call fails with
+// ErrUnavailable.
+type Replica struct {
+	cfg     ReplicaConfig
+	log     *slog.Logger
+	nh      *dragonboat.NodeHost
+	sm      *raftSM
+	events  *raftEvents
+	session *client.Session
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+// StartReplica starts the NodeHost and the shard's replica and returns
+// without waiting for a leader (see WaitReady). On a data dir that was
+// bootstrapped before, it recovers: the latest snapshot is restored and
+// the log replayed; InitialMembers and Join are then ignored.
+func StartReplica(cfg ReplicaConfig) (*Replica, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("starting replica: %w", err)
+	}
+	installRaftLogger(cfg.Logger)
+	log := cfg.Logger.With("replica", cfg.ReplicaID)
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("starting replica: %w", err)
+	}
+	events := &raftEvents{log: log}
+	nh, err := dragonboat.NewNodeHost(dbconfig.NodeHostConfig{
+		NodeHostDir:         filepath.Join(cfg.DataDir, "raft"),
+		RTTMillisecond:      cfg.RTTMillisecond,
+		RaftAddress:         cfg.RaftAddr,
+		RaftEventListener:   events,
+		SystemEventListener: events,
+		Expert: dbconfig.ExpertConfig{
+			LogDB: raftLogDBConfig(),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting raft node host on %s: %w", cfg.RaftAddr, err)
+	}
+	r := &Replica{
+		cfg:     cfg,
+		log:     log,
+		nh:      nh,
+		events:  events,
+		session: nh.GetNoOPSession(cfg.ShardID),
+		sm: &raftSM{
+			replicaID: cfg.ReplicaID,
+			state:     NewState(),
+			onEffects: cfg.OnEffects,
+			onRestore: cfg.OnRestore,
+		},
+	}
+
+	members := map[uint64]dragonboat.Target{}
+	join := false
+	mode := "restart"
+	switch {
+	case nh.HasNodeInfo(cfg.ShardID, cfg.ReplicaID):
+		// Already bootstrapped: dragonboat recovers from its own records
+		// and rejects a member list that differs from the recorded one.
+	case cfg.Join:
+		join, mode = true, "join"
+	case len(cfg.InitialMembers) == 0:
+		members[cfg.ReplicaID] = cfg.RaftAddr
+		mode = "bootstrap single node"
+	default:
+		for id, addr := range cfg.InitialMembers {
+			members[id] = addr
+		}
+		mode = "bootstrap"
+	}
+	err = nh.StartReplica(members, join, func(uint64, uint64) sm.IStateMachine { return r.sm }, dbconfig.Config{
+		ReplicaID:           cfg.ReplicaID,
+		ShardID:             cfg.ShardID,
+		CheckQuorum:         true,
+		PreVote:             true,
+		ElectionRTT:         cfg.ElectionRTT,
+		HeartbeatRTT:        cfg.HeartbeatRTT,
+		SnapshotEntries:     cfg.SnapshotEntries,
+		CompactionOverhead:  cfg.CompactionOverhead,
+		OrderedConfigChange: true,
+	})
+	if err != nil {
+		nh.Close()
+		return nil, fmt.Errorf("starting raft replica %d (%s): %w", cfg.ReplicaID, mode, err)
+	}
+	log.Info("raft replica started", "mode", mode, "raft_addr", cfg.RaftAddr, "shard", cfg.ShardID)
+	return r, nil
+}
+
+// ID returns the replica id (the node id).
+func (r *Replica) ID() uint64 { return r.cfg.ReplicaID }
+
+// Close stops the replica and its NodeHost. In-flight calls fail with
+// ErrUnavailable. Close is idempotent and always returns nil.
+func (r *Replica) Close() error {
+	r.closeOnce.Do(func() {
+		r.closed.Store(true)
+		r.nh.Close()
+		r.log.Info("raft replica stopped")
+	})
+	return nil
+}
+
+// Propose commits cmd through Raft and returns its Result once the entry
+// is applied on this replica. A follower forwards the proposal to the
+// leader. Time enters here: a zero time_unix_ms is set to the proposer's
+// wall clock (cmd itself is not modified).
+//
+// A non-nil error wraps ErrUnavailable and means the outcome is unknown
+// (no quorum, no leader, closing, context ended); retry with the same
+// request id. Typed failures of the command come back in Result.Error.
+// Proposals dropped before reaching the log (no leader known yet) are
+// retried until the context ends.
+func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, error) {
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("marshalling command: %w", err)
+	}
+	if cmd.GetTimeUnixMs() == 0 {
+		// Appending a field to an encoded message sets it: the last
+		// occurrence of a scalar field wins when decoding.
+		data = protowire.AppendTag(data, 2, protowire.VarintType)
+		data = protowire.AppendVarint(data, uint64(time.Now().UnixMilli()))
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	var res sm.Result
+	err = r.retryDropped(ctx, func(ctx context.Context) error {
+		var err error
+		res, err = r.nh.SyncPropose(ctx, r.session, data)
+		return err
+	})
+	if err != nil {
+		return nil, raftUnavailable("proposal", err)
+	}
+	out := &blixardpb.Result{}
+	if err := proto.Unmarshal(res.Data, out); err != nil {
+		return nil, fmt.Errorf("decoding result: %w", err)
+	}
+	return out, nil
+}
+
+// Read runs fn against the local state. Unless stale is set it first
+// confirms with the leader (ReadIndex) and waits until this replica has
+// applied everything committed before the call, so the read is
+// linearizable; stale reads serve whatever is applied locally.
+//
+// fn runs under the state's read lock, possibly concurrently with other
+// readers: it must only read, must not retain the *State or anything it
+// returns by reference, and must not call back into the Replica.
+func (r *Replica) Read(ctx context.Context, stale bool, fn func(*State)) error {
+	if r.closed.Load() {
+		return raftUnavailable("read", dragonboat.ErrClosed)
+	}
+	if stale {
+		if _, err := r.nh.StaleRead(r.cfg.ShardID, stateQuery(fn)); err != nil {
+			return raftUnavailable("stale read", err)
+		}
+		return nil
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	err := r.retryDropped(ctx, func(ctx context.Context) error {
+		_, err := r.nh.SyncRead(ctx, r.cfg.ShardID, stateQuery(fn))
+		return err
+	})
+	if err != nil {
+		return raftUnavailable("read", err)
+	}
+	return nil
+}
+
+// WaitReady blocks until a leader is known and this replica has applied
+// everything committed when it was called (a linearizable no-op read),
+// retrying until ctx ends. Callers use it before reconciling local
+// workloads against the state.
+func (r *Replica) WaitReady(ctx context.Context) error {
+	noop := func(*State) {}
+	for {
+		attempt, cancel := context.WithTimeout(ctx, time.Second)
+		err := r.Read(attempt, false, noop)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if r.closed.Load() {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for raft replica %d to be ready: %w", r.cfg.ReplicaID, err)
+		}
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			return fmt.Errorf("waiting for raft replica %d to be ready: %w", r.cfg.ReplicaID, err)
+		}
+	}
+}
+
+// LeaderID returns the leader and term as this replica knows them; ok is
+// false when no leader is known or the replica is closed.
+func (r *Replica) LeaderID() (leader, term uint64, ok bool) {
+	if r.closed.Load() {
+		return 0, 0, false
+	}
+	leader, term, ok, err := r.nh.GetLeaderID(r.cfg.ShardID)
+	if err != nil {
+		return 0, 0, false
+	}
+	return leader, term, ok
+}
+
+// AppliedIndex is the log index of the last command applied to the local
+// state (Raft membership changes and no-op entries do not count).
+func (r *Replica) AppliedIndex() uint64 { return r.sm.applied.Load() }
+
+// Membership is the Raft membership of the shard.
+type Membership struct {
+	// ConfigChangeID is the log index of the last applied membership change.
+	ConfigChangeID uint64
+	// Voters and NonVoting map replica id to Raft address.
+	Voters    map[uint64]string
+	NonVoting map[uint64]string
+	// Removed lists, sorted, the ids that were removed; they can never
+	// rejoin under the same id.
+	Removed []uint64
+}
+
+// Membership returns the current membership through a linearizable read.
+func (r *Replica) Membership(ctx context.Context) (Membership, error) {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	m, err := r.membership(ctx)
+	if err != nil {
+		return Membership{}, raftUnavailable("membership read", err)
+	}
+	out := Membership{
+		ConfigChangeID: m.ConfigChangeID,
+		Voters:         make(map[uint64]string, len(m.Nodes)),
+		NonVoting:      make(map[uint64]string, len(m.NonVotings)),
+	}
+	for id, addr := range m.Nodes {
+		out.Voters[id] = addr
+	}
+	for id, addr := range m.NonVotings {
+		out.NonVoting[id] = addr
+	}
+	for id := range m.Removed {
+		out.Removed = append(out.Removed, id)
+	}
+	sort.Slice(out.Removed, func(i, j int) bool { return out.Removed[i] < out.Removed[j] })
+	return out, nil
+}
+
+func (r *Replica) membership(ctx context.Context) (*dragonboat.Membership, error) {
+	if r.closed.Load() {
+		return nil, dragonboat.ErrClosed
+	}
+	var m *dragonboat.Membership
+	err := r.retryDropped(ctx, func(ctx context.Context) error {
+		var err error
+		m, err = r.nh.SyncGetShardMembership(ctx, r.cfg.ShardID)
+		return err
+	})
+	return m, err
+}
+
+// AddVoter adds replica id at addr as a voting member, or promotes a
+// non-voting member at the same address. It is a no-op when id already
+// votes at addr. The new replica then starts with ReplicaConfig.Join.
+func (r *Replica) AddVoter(ctx context.Context, id uint64, addr string) error {
+	return r.changeMembership(ctx, "adding voter", id, func(m *dragonboat.Membership) bool {
+		return m.Nodes[id] == addr
+	}, func(ctx context.Context, ccid uint64) error {
+		return r.nh.SyncRequestAddReplica(ctx, r.cfg.ShardID, id, addr, ccid)
+	})
+}
+
+// AddNonVoting adds replica id at addr as a non-voting member (it receives
+// the log but does not count towards quorum). It is a no-op when id is
+// already a non-voting member at addr.
+func (r *Replica) AddNonVoting(ctx context.Context, id uint64, addr string) error {
+	return r.changeMembership(ctx, "adding non-voting replica", id, func(m *dragonboat.Membership) bool {
+		return m.NonVotings[id] == addr
+	}, func(ctx context.Context, ccid uint64) error {
+		return r.nh.SyncRequestAddNonVoting(ctx, r.cfg.ShardID, id, addr, ccid)
+	})
+}
+
+// RemoveReplica removes replica id from the shard. It is a no-op when id
+// is not a member. The id can never be added back.
+func (r *Replica) RemoveReplica(ctx context.Context, id uint64) error {
+	return r.changeMembership(ctx, "removing replica", id, func(m *dragonboat.Membership) bool {
+		_, voter := m.Nodes[id]
+		_, nonVoting := m.NonVotings[id]
+		_, witness := m.Witnesses[id]
+		return !voter && !nonVoting && !witness
+	}, func(ctx context.Context, ccid uint64) error {
+		return r.nh.SyncRequestDeleteReplica(ctx, r.cfg.ShardID, id, ccid)
+	})
+}
+
+// changeMembership reads the membership, returns early when done reports
+// the change is already in place, and otherwise requests it with the
+// config change id just read. Dragonboat rejects a request whose id is
+// stale (another change won the race); it is retried with a fresh read.
+func (r *Replica) changeMembership(ctx context.Context, what string, id uint64,
+	done func(*dragonboat.Membership) bool, change func(context.Context, uint64) error) error {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	for {
+		m, err := r.membership(ctx)
+		if err != nil {
+			return raftUnavailable(what, err)
+		}
+		if done(m) {
+			return nil
+		}
+		if _, removed := m.Removed[id]; removed {
+			return fmt.Errorf("%s %d: %w", what, id, ErrReplicaRemoved)
+		}
+		err = r.retryDropped(ctx, func(ctx context.Context) error {
+			return change(ctx, m.ConfigChangeID)
+		})
+		if err == nil {
+			r.log.Info("raft membership change applied", "change", what, "id", id)
+			return nil
+		}
+		if !errors.Is(err, dragonboat.ErrRejected) || ctx.Err() != nil {
+			return raftUnavailable(what, err)
+		}
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			return raftUnavailable(what, err)
+		}
+	}
+}
+
+// retryDropped runs op until it succeeds, fails with an error other than
+// one meaning the request never entered the log, or ctx ends. Dropped
+// requests (no leader known, leader transfer, system busy) are safe to
+// retry because nothing was proposed.
+func (r *Replica) retryDropped(ctx context.Context, op func(context.Context) error) error {
+	backoff := 5 * time.Millisecond
+	for {
+		if r.closed.Load() {
+			return dragonboat.ErrClosed
+		}
+		err := op(ctx)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, dragonboat.ErrShardNotReady) && !errors.Is(err, dragonboat.ErrSystemBusy) &&
+			!errors.Is(err, dragonboat.ErrShardNotInitialized) {
+			return err
+		}
+		if !sleepCtx(ctx, backoff) {
+			return err
+		}
+		backoff = min(2*backoff, 100*time.Millisecond)
+	}
+}
+
+// raftUnavailable wraps a dragonboat or context error as ErrUnavailable with
+// a message that says what happened. The original error stays reachable
+// through errors.Is.
+func raftUnavailable(op string, err error) error {
+	var why string
+	switch {
+	case errors.Is(err, dragonboat.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, dragonboat.ErrInvalidDeadline), errors.Is(err, dragonboat.ErrTimeoutTooSmall):
+		why = "no quorum: " + op + " timed out"
+	case errors.Is(err, dragonboat.ErrCanceled), errors.Is(err, context.Canceled):
+		why = op + " canceled, outcome unknown"
+	case errors.Is(err, dragonboat.ErrShardNotReady):
+		why = "no leader: " + op + " dropped"
+	case errors.Is(err, dragonboat.ErrShardNotInitialized):
+		why = "replica still recovering: " + op + " not served"
+	case errors.Is(err, dragonboat.ErrSystemBusy):
+		why = "raft overloaded: " + op + " refused"
+	case errors.Is(err, dragonboat.ErrClosed), errors.Is(err, dragonboat.ErrShardClosed),
+		errors.Is(err, dragonboat.ErrShardNotFound):
+		why = "replica closed: " + op + " not served"
+	case errors.Is(err, dragonboat.ErrAborted):
+		why = op + " aborted by raft"
+	case errors.Is(err, dragonboat.ErrRejected):
+		why = op + " rejected by raft"
+	default:
+		why = op + " failed"
+	}
+	return fmt.Errorf("%w: %s: %w", ErrUnavailable, why, err)
+}
+
+// withDefaultTimeout gives ctx a DefaultOpTimeout deadline when it has
+// none: dragonboat refuses requests without one.
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, DefaultOpTimeout)
+}
+
+// sleepCtx waits for d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
