@@ -281,27 +281,30 @@ func (a *applier) evacuate(n *node, all bool) {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	why := nodeStatusName(n.status)
+	gone := "node " + u64(n.id) + " is " + nodeStatusName(n.status)
+	if n.status == blixardpb.NodeStatus_NODE_STATUS_LEFT {
+		gone = "node " + u64(n.id) + " has left"
+	}
 	for _, id := range ids {
 		v := n.vms[id]
-		if v.desired != blixardpb.DesiredState_DESIRED_RUNNING {
+		switch {
+		case v.desired != blixardpb.DesiredState_DESIRED_RUNNING:
 			if all {
-				a.move(v, 0, v.status, v.message)
+				// Nothing will run it there: it is stopped and unplaced.
+				a.move(v, 0, blixardpb.VmStatus_VM_STATUS_STOPPED, "")
 			}
-			continue
+		case v.spec.restartMode == restartNever:
+			a.move(v, 0, blixardpb.VmStatus_VM_STATUS_LOST, "lost: "+gone+" and the restart mode is never")
+		case v.spec.pin != 0:
+			a.move(v, 0, blixardpb.VmStatus_VM_STATUS_PENDING, "pinned "+gone+": waiting for it to be alive and schedulable")
+		default:
+			to, err := a.choose(v, n.id)
+			if err != nil {
+				a.move(v, 0, blixardpb.VmStatus_VM_STATUS_PENDING, gone+" and "+err.msg+": waiting for room")
+				continue
+			}
+			a.move(v, to.id, blixardpb.VmStatus_VM_STATUS_PENDING, "")
 		}
-		if v.spec.restartMode == restartNever {
-			a.move(v, 0, blixardpb.VmStatus_VM_STATUS_LOST,
-				"lost: node "+u64(n.id)+" is "+why+" and the restart mode is never")
-			continue
-		}
-		to, err := a.choose(v, n.id)
-		if err != nil {
-			a.move(v, 0, blixardpb.VmStatus_VM_STATUS_PENDING,
-				"waiting for a node with room: node "+u64(n.id)+" is "+why+"; "+err.msg)
-			continue
-		}
-		a.move(v, to.id, blixardpb.VmStatus_VM_STATUS_PENDING, "")
 	}
 }
 

@@ -64,7 +64,7 @@ func (s *State) noRoom(vcpus uint32, memMB uint64, exclude uint64) *cmdErr {
 // that no node could hold even when empty is invalid, not merely waiting.
 // With no nodes at all there is nothing to compare against.
 func (s *State) checkLargest(vcpus uint32, memMB uint64) *cmdErr {
-	var largest *node
+	var mostCPU, mostMem *node
 	for _, n := range s.nodeOrder {
 		if n.status == blixardpb.NodeStatus_NODE_STATUS_LEFT {
 			continue
@@ -72,15 +72,22 @@ func (s *State) checkLargest(vcpus uint32, memMB uint64) *cmdErr {
 		if uint64(n.vcpus) >= uint64(vcpus) && n.memoryMB >= memMB {
 			return nil
 		}
-		if largest == nil || n.memoryMB > largest.memoryMB || (n.memoryMB == largest.memoryMB && n.vcpus > largest.vcpus) {
-			largest = n
+		if mostCPU == nil || n.vcpus > mostCPU.vcpus || (n.vcpus == mostCPU.vcpus && n.memoryMB > mostCPU.memoryMB) {
+			mostCPU = n
+		}
+		if mostMem == nil || n.memoryMB > mostMem.memoryMB || (n.memoryMB == mostMem.memoryMB && n.vcpus > mostMem.vcpus) {
+			mostMem = n
 		}
 	}
-	if largest == nil {
+	switch {
+	case mostCPU == nil:
 		return nil
+	case mostCPU == mostMem:
+		return invalid("vm needs %d vcpus / %d MiB but the largest node offers %d vcpus / %d MiB (node %d)",
+			vcpus, memMB, mostCPU.vcpus, mostCPU.memoryMB, mostCPU.id)
 	}
-	return invalid("vm needs %d vcpus / %d MiB but the largest node offers %d vcpus / %d MiB (node %d)",
-		vcpus, memMB, largest.vcpus, largest.memoryMB, largest.id)
+	return invalid("vm needs %d vcpus / %d MiB but no node is that large (most vcpus: %d on node %d; most memory: %d MiB on node %d)",
+		vcpus, memMB, mostCPU.vcpus, mostCPU.id, mostMem.memoryMB, mostMem.id)
 }
 
 // placeOn checks that pinned or target node id can take the VM now.

@@ -1,0 +1,274 @@
+package consensus
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	"github.com/blixard/blixard/proto/blixardpb"
+)
+
+// randomCommand draws a command from a small universe of names and node
+// ids, so commands collide often: duplicates, unknown names, stale
+// reports, full nodes, retried request ids and invalid input.
+func randomCommand(r *rand.Rand, s *State) *blixardpb.Command {
+	name := fmt.Sprintf("vm%d", r.Intn(40))
+	nodeID := uint64(r.Intn(8) + 1)
+	var c *blixardpb.Command
+	switch k := r.Intn(100); {
+	case k < 8:
+		c = &blixardpb.Command{Op: &blixardpb.Command_UpsertNode{UpsertNode: &blixardpb.UpsertNode{Node: &blixardpb.NodeRecord{
+			Id: nodeID, Vcpus: uint32(r.Intn(16)), MemoryMb: uint64(r.Intn(8)) * 1024,
+			Labels: map[string]string{"a": "1", "b": "2", "c": fmt.Sprint(r.Intn(3))},
+		}}}}
+	case k < 14:
+		c = cmdStatus(nodeID, blixardpb.NodeStatus(r.Intn(6)))
+	case k < 17:
+		c = cmdSchedulable(nodeID, r.Intn(2) == 0)
+	case k < 18:
+		c = cmdRemove(nodeID)
+	case k < 19:
+		c = cmdInit(&blixardpb.ClusterConfig{Subnet: []string{"", "10.9.0.0/28", "10.0.0.0/24"}[r.Intn(3)],
+			Placement: []string{"", "binpack", "spread"}[r.Intn(3)]})
+	case k < 45:
+		sp := &blixardpb.VmSpec{Name: name, Vcpus: uint32(r.Intn(5)), MemoryMb: uint64(r.Intn(5)) * 512,
+			Labels: map[string]string{"x": "1", "y": "2"}}
+		if r.Intn(8) == 0 {
+			sp.NodeId = nodeID
+		}
+		if r.Intn(4) == 0 {
+			sp.Restart = &blixardpb.RestartPolicy{Mode: restartModes[r.Intn(3)]}
+		}
+		if r.Intn(20) == 0 {
+			sp.Name = "Bad_Name"
+		}
+		c = &blixardpb.Command{Op: &blixardpb.Command_CreateVm{CreateVm: &blixardpb.CreateVm{Spec: sp, NoStart: r.Intn(6) == 0}}}
+	case k < 55:
+		c = cmdStart(name)
+	case k < 63:
+		c = cmdStop(name)
+	case k < 70:
+		c = cmdDelete(name)
+	case k < 76:
+		to := nodeID
+		if r.Intn(2) == 0 {
+			to = 0
+		}
+		c = cmdMigrate(name, to)
+	default:
+		rep := &blixardpb.ReportVmStatus{Name: name, Status: blixardpb.VmStatus(r.Intn(8)), Restarts: uint32(r.Intn(3)), Message: "m"}
+		if v, ok := s.vms[name]; ok && r.Intn(5) != 0 {
+			rep.NodeId, rep.Generation = v.node, v.gen
+		} else {
+			rep.NodeId, rep.Generation = nodeID, uint64(r.Intn(4))
+		}
+		c = cmdReport(rep)
+	}
+	if r.Intn(3) == 0 {
+		c.RequestId = fmt.Sprintf("req-%d", r.Intn(50))
+	}
+	c.TimeUnixMs = int64(r.Intn(1 << 30))
+	return c
+}
+
+// checkInvariants recomputes every derived index from the VM records.
+func checkInvariants(t testing.TB, s *State) {
+	t.Helper()
+	used := map[uint64][2]uint64{}
+	placed := map[uint64]int{}
+	ips := 0
+	for name, v := range s.vms {
+		if v.name != name || s.vmByID[v.id] != v {
+			t.Fatalf("vm %q: name/id index broken", name)
+		}
+		if v.ip != 0 {
+			ips++
+		}
+		if v.node != 0 {
+			n, ok := s.nodes[v.node]
+			if !ok {
+				t.Fatalf("vm %q placed on missing node %d", name, v.node)
+			}
+			if n.vms[v.id] != v {
+				t.Fatalf("vm %q missing from node %d's set", name, v.node)
+			}
+			placed[v.node]++
+			if v.holds() {
+				u := used[v.node]
+				used[v.node] = [2]uint64{u[0] + uint64(v.spec.vcpus), u[1] + v.spec.memoryMB}
+			}
+		}
+		wantWaiting := v.node == 0 && v.desired == blixardpb.DesiredState_DESIRED_RUNNING && v.status != blixardpb.VmStatus_VM_STATUS_LOST
+		if _, w := s.waiting[v.id]; w != wantWaiting {
+			t.Fatalf("vm %q: waiting=%v, want %v", name, w, wantWaiting)
+		}
+	}
+	if len(s.vmByID) != len(s.vms) {
+		t.Fatalf("%d vms by id, %d by name", len(s.vmByID), len(s.vms))
+	}
+	if ips != s.ipam.used {
+		t.Fatalf("ipam says %d used, vms hold %d", s.ipam.used, ips)
+	}
+	if len(s.nodeOrder) != len(s.nodes) {
+		t.Fatalf("node order has %d, map %d", len(s.nodeOrder), len(s.nodes))
+	}
+	for i, n := range s.nodeOrder {
+		if i > 0 && s.nodeOrder[i-1].id >= n.id {
+			t.Fatalf("node order not sorted")
+		}
+		if u := used[n.id]; n.usedVcpus != u[0] || n.usedMemMB != u[1] || len(n.vms) != placed[n.id] {
+			t.Fatalf("node %d: used %d/%d vms %d, recomputed %d/%d vms %d", n.id, n.usedVcpus, n.usedMemMB, len(n.vms), u[0], u[1], placed[n.id])
+		}
+	}
+}
+
+// checkRoundTrip saves s, restores it into a fresh State and checks that
+// the copy saves the same bytes, answers every query the same way, and
+// behaves the same on the next command.
+func checkRoundTrip(t testing.TB, s *State) {
+	t.Helper()
+	b1 := saveBytes(t, s)
+	// Save streams exactly the deterministic encoding of the whole message.
+	whole, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.snapshotProto())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b1[8:], whole) {
+		t.Fatalf("Save body differs from the deterministic Snapshot encoding")
+	}
+	c := NewState()
+	if err := c.Restore(bytes.NewReader(b1)); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	checkInvariants(t, c)
+	if b2 := saveBytes(t, c); !bytes.Equal(b1, b2) {
+		t.Fatalf("re-saved snapshot differs (%d vs %d bytes)", len(b1), len(b2))
+	}
+	sameQueries(t, s, c)
+	if s.ipam.first != c.ipam.first {
+		// Not visible, but must not change which address comes next.
+		a1, _ := s.ipam.next()
+		a2, _ := c.ipam.next()
+		if a1 != a2 {
+			t.Fatalf("next address %s vs %s after restore", ipString(a1), ipString(a2))
+		}
+	}
+}
+
+func sameQueries(t testing.TB, a, b *State) {
+	t.Helper()
+	opt := protocmp.Transform()
+	if d := cmp.Diff(a.VMs(), b.VMs(), opt); d != "" {
+		t.Fatalf("VMs differ (-a +b):\n%s", d)
+	}
+	if d := cmp.Diff(a.Nodes(), b.Nodes(), opt); d != "" {
+		t.Fatalf("Nodes differ (-a +b):\n%s", d)
+	}
+	if d := cmp.Diff(a.Config(), b.Config(), opt); d != "" {
+		t.Fatalf("Config differs (-a +b):\n%s", d)
+	}
+	for _, n := range a.Nodes() {
+		if a.NodeUsage(n.GetId()) != b.NodeUsage(n.GetId()) {
+			t.Fatalf("usage of node %d differs", n.GetId())
+		}
+		if d := cmp.Diff(a.VMsOnNode(n.GetId()), b.VMsOnNode(n.GetId()), opt); d != "" {
+			t.Fatalf("VMsOnNode(%d) differs:\n%s", n.GetId(), d)
+		}
+	}
+	if a.AppliedIndex() != b.AppliedIndex() {
+		t.Fatalf("applied index %d vs %d", a.AppliedIndex(), b.AppliedIndex())
+	}
+}
+
+// TestTwoReplicasSameLogSameSnapshot: two States fed the same log save
+// byte-identical snapshots. Replica b is also restored from its own
+// snapshot now and then, so the rebuilt indexes take part.
+func TestTwoReplicasSameLogSameSnapshot(t *testing.T) {
+	for seed := int64(1); seed <= 4; seed++ {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			r := rand.New(rand.NewSource(seed))
+			a, b := NewState(), NewState()
+			oks := map[blixardpb.Code]int{}
+			for i := uint64(1); i <= 3000; i++ {
+				c := randomCommand(r, a)
+				data, err := proto.Marshal(c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ra, ea := a.Apply(i, c)
+				rb, eb := b.ApplyBytes(i, data)
+				oks[ra.GetError().GetCode()]++
+				if !proto.Equal(ra, rb) || len(ea) != len(eb) {
+					t.Fatalf("step %d (%v): results differ:\n%v\n%v", i, c, ra, rb)
+				}
+				for j := range ea {
+					if !proto.Equal(ea[j].VM, eb[j].VM) || ea[j].PrevNodeID != eb[j].PrevNodeID || ea[j].Deleted != eb[j].Deleted {
+						t.Fatalf("step %d: effect %d differs", i, j)
+					}
+				}
+				checkInvariants(t, a)
+				if i%250 == 0 {
+					if !bytes.Equal(saveBytes(t, a), saveBytes(t, b)) {
+						t.Fatalf("step %d: snapshots differ", i)
+					}
+					checkRoundTrip(t, b)
+					nb := NewState()
+					if err := nb.Restore(bytes.NewReader(saveBytes(t, b))); err != nil {
+						t.Fatal(err)
+					}
+					b = nb
+				}
+			}
+			if !bytes.Equal(saveBytes(t, a), saveBytes(t, b)) {
+				t.Fatal("final snapshots differ")
+			}
+			// The sequence must exercise both outcomes broadly.
+			if oks[blixardpb.Code_OK] < 500 || len(oks) < 5 {
+				t.Fatalf("weak sequence: %v", oks)
+			}
+			t.Logf("result codes: %v, vms at the end: %d", oks, a.NumVMs())
+		})
+	}
+}
+
+func TestRestoreRejectsGarbage(t *testing.T) {
+	h := baseState(t)
+	good := saveBytes(t, h.s)
+	before := saveBytes(t, h.s)
+	for name, data := range map[string][]byte{
+		"empty":     nil,
+		"magic":     append([]byte("XXXX"), good[4:]...),
+		"version":   append(append([]byte("BLXS"), 0, 0, 0, 9), good[8:]...),
+		"truncated": good[:len(good)-3],
+		"no body":   good[:8],
+	} {
+		if err := h.s.Restore(bytes.NewReader(data)); err == nil {
+			t.Errorf("%s: Restore accepted it", name)
+		}
+	}
+	if !bytes.Equal(before, saveBytes(t, h.s)) {
+		t.Error("failed Restore changed the state")
+	}
+	// A snapshot whose VM sits on a node that is not in it is corrupt.
+	snap := h.s.snapshotProto()
+	snap.Nodes = snap.Nodes[1:]
+	body, _ := proto.MarshalOptions{Deterministic: true}.Marshal(snap)
+	if err := NewState().Restore(bytes.NewReader(append(good[:8:8], body...))); err == nil {
+		t.Error("Restore accepted a vm on an unknown node")
+	}
+	// Two VMs with the same address.
+	snap = h.s.snapshotProto()
+	dup := proto.Clone(snap.Vms[0]).(*blixardpb.VmRecord)
+	dup.Id, dup.Spec.Name = 2, "dup"
+	snap.Vms = append(snap.Vms, dup)
+	snap.NextVmId = 3
+	body, _ = proto.MarshalOptions{Deterministic: true}.Marshal(snap)
+	if err := NewState().Restore(bytes.NewReader(append(good[:8:8], body...))); err == nil {
+		t.Error("Restore accepted an address assigned twice")
+	}
+}
