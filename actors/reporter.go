@@ -237,7 +237,7 @@ func (r *reporterActor) done(m *proposalDone) {
 		}
 	case m.res.GetError().GetCode() == blixardpb.Code_UNAVAILABLE:
 		retry = true
-	case m.res.GetError() != nil:
+	case m.res.GetError().GetCode() != blixardpb.Code_OK:
 		// Stale (FAILED_PRECONDITION) or deleted (NOT_FOUND): the cluster
 		// moved on; a newer observation, if any, goes next.
 		r.log.Debug("status report rejected", "vm", m.name, "err", m.res.GetError().GetMessage())

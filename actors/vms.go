@@ -271,7 +271,7 @@ func (s *vmsActor) spawn(c actor.Context, rec *blixardpb.VmRecord, remove bool, 
 // another node now, or is gone).
 func (s *vmsActor) vmStatus(c actor.Context, m *vmStatus) {
 	e := s.entries[m.name]
-	if e == nil || m.generation < e.view.Generation {
+	if e == nil || m.generation < e.view.Generation || s.cancel == nil {
 		return
 	}
 	e.view = LocalVM{Name: m.name, ID: m.id, Generation: m.generation, Desired: m.desired, Status: m.status, Restarts: m.restarts, Message: m.message, Removing: e.removing || m.removing}
@@ -285,9 +285,12 @@ func (s *vmsActor) vmStatus(c actor.Context, m *vmStatus) {
 }
 
 func (s *vmsActor) terminated(c actor.Context, who *actor.PID) {
+	if s.cancel == nil {
+		return // stopping: the children and the reporter go together
+	}
 	name, ok := s.byPID[who.Id]
 	if !ok {
-		if s.reporter != nil && who.Id == s.reporter.Id && s.cancel != nil {
+		if s.reporter != nil && who.Id == s.reporter.Id {
 			s.cfg.Logger.Error("status reporter stopped; respawning it")
 			if rep, err := c.SpawnNamed(newReporterProps(s.cfg), "reporter"); err == nil {
 				s.reporter = rep
@@ -306,7 +309,7 @@ func (s *vmsActor) terminated(c actor.Context, who *actor.PID) {
 		s.spawn(c, e.pending, false, e.seq)
 		return
 	}
-	if !e.removing && s.cancel != nil {
+	if !e.removing {
 		// The one-for-one strategy gave up on a panicking actor.
 		msg := "node agent: the vm actor failed repeatedly and was stopped"
 		s.cfg.Logger.Error(msg, "vm", name)
