@@ -75,10 +75,10 @@ func TestRestartAlwaysBacksOffThenFails(t *testing.T) {
 		if p[0] != w*time.Second {
 			t.Fatalf("restart %d: backoff %v, want %v", i+1, p[0], w*time.Second)
 		}
-		rec := c.waitStatus("web", starting)
-		if rec.GetRestarts() != uint32(i+1) {
-			t.Errorf("restart %d: record restarts = %d", i+1, rec.GetRestarts())
-		}
+		eventually(t, "restart "+itoa(i+1)+" reported", func() bool {
+			rec := c.vm("web")
+			return rec.GetStatus() == starting && rec.GetRestarts() == uint32(i+1)
+		})
 		c.clock.Advance(p[0])
 	}
 	crashWhenRunning(t, n.drv, "web", 6)
