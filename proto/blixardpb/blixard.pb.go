@@ -2545,8 +2545,11 @@ type VmLogsRequest struct {
 	// Return the last n lines (0 = all available).
 	Lines uint32 `protobuf:"varint,2,opt,name=lines,proto3" json:"lines,omitempty"`
 	// When >= 0 and from_offset is set, return bytes from this offset on (follow mode).
-	Offset        int64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
-	FromOffset    bool  `protobuf:"varint,4,opt,name=from_offset,json=fromOffset,proto3" json:"from_offset,omitempty"`
+	Offset     int64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	FromOffset bool  `protobuf:"varint,4,opt,name=from_offset,json=fromOffset,proto3" json:"from_offset,omitempty"`
+	// Set by a node that forwards the request to the VM's node: the
+	// receiver serves it locally or fails, it never forwards again.
+	Forwarded     bool `protobuf:"varint,5,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2605,6 +2608,13 @@ func (x *VmLogsRequest) GetOffset() int64 {
 func (x *VmLogsRequest) GetFromOffset() bool {
 	if x != nil {
 		return x.FromOffset
+	}
+	return false
+}
+
+func (x *VmLogsRequest) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
 	}
 	return false
 }
@@ -3298,13 +3308,14 @@ const file_blixard_proto_rawDesc = "" +
 	"\anode_id\x18\x05 \x01(\x04R\x06nodeId\x12\x1a\n" +
 	"\brestarts\x18\x06 \x01(\rR\brestarts\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\a \x01(\rR\ttimeoutMs\"r\n" +
+	"timeout_ms\x18\a \x01(\rR\ttimeoutMs\"\x90\x01\n" +
 	"\rVmLogsRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05lines\x18\x02 \x01(\rR\x05lines\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x1f\n" +
 	"\vfrom_offset\x18\x04 \x01(\bR\n" +
-	"fromOffset\"n\n" +
+	"fromOffset\x12\x1c\n" +
+	"\tforwarded\x18\x05 \x01(\bR\tforwarded\"n\n" +
 	"\x0eVmLogsResponse\x12'\n" +
 	"\x05error\x18\x01 \x01(\v2\x11.blixard.v1.ErrorR\x05error\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1f\n" +
