@@ -62,6 +62,12 @@ type ReplicaConfig struct {
 	// or AddNonVoting on the leader) instead of bootstrapping one. It is
 	// ignored once the data dir has been bootstrapped.
 	Join bool
+	// NonVoting starts the replica as a non-voting member: set it when the
+	// replica was added with AddNonVoting and has not been promoted (on
+	// the first start and on restarts). Dragonboat halts a replica whose
+	// role disagrees with the membership, so whoever drives membership
+	// changes must persist this role across restarts.
+	NonVoting bool
 	// SnapshotEntries is how many applied entries trigger a snapshot
 	// (default 1000); CompactionOverhead is how many entries before a
 	// snapshot stay in the log for slow followers (default 500).
@@ -239,6 +245,7 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 		SnapshotEntries:     cfg.SnapshotEntries,
 		CompactionOverhead:  cfg.CompactionOverhead,
 		OrderedConfigChange: true,
+		IsNonVoting:         cfg.NonVoting,
 	})
 	if err != nil {
 		nh.Close()
@@ -278,10 +285,7 @@ func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixard
 		return nil, fmt.Errorf("marshalling command: %w", err)
 	}
 	if cmd.GetTimeUnixMs() == 0 {
-		// Appending a field to an encoded message sets it: the last
-		// occurrence of a scalar field wins when decoding.
-		data = protowire.AppendTag(data, 2, protowire.VarintType)
-		data = protowire.AppendVarint(data, uint64(time.Now().UnixMilli()))
+		data = appendTime(data, time.Now().UnixMilli())
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
@@ -517,6 +521,16 @@ func (r *Replica) retryDropped(ctx context.Context, op func(context.Context) err
 		}
 		backoff = min(2*backoff, 100*time.Millisecond)
 	}
+}
+
+// timeField is Command.time_unix_ms.
+var timeField = (&blixardpb.Command{}).ProtoReflect().Descriptor().Fields().ByName("time_unix_ms").Number()
+
+// appendTime sets time_unix_ms on an encoded Command without decoding or
+// copying it: when a scalar field occurs twice, the last one wins.
+func appendTime(data []byte, unixMs int64) []byte {
+	data = protowire.AppendTag(data, timeField, protowire.VarintType)
+	return protowire.AppendVarint(data, uint64(unixMs))
 }
 
 // raftUnavailable wraps a dragonboat or context error as ErrUnavailable with
