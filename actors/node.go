@@ -1,0 +1,434 @@
+package actors
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/remote"
+
+	"github.com/blixard/blixard/consensus"
+	"github.com/blixard/blixard/proto/blixardpb"
+)
+
+// NodeReplica is what the node root needs from its consensus replica;
+// *consensus.Replica satisfies it.
+type NodeReplica interface {
+	Replica
+	RaftInfo
+	// WaitReady blocks until a leader is known and the replica has caught
+	// up with what was committed when it was called.
+	WaitReady(ctx context.Context) error
+	// Close stops the replica; calls in flight fail.
+	Close() error
+}
+
+// NodeConfig configures a node agent (StartNode).
+type NodeConfig struct {
+	// NodeID is this node's id, also its Raft replica id. Nonzero.
+	NodeID uint64
+	// APIAddr is the host:port the protoactor remote listens on; clients
+	// and other nodes address the api actor there. AdvertiseAddr, when
+	// set, is the address announced instead (in the node record and as the
+	// remote's own address); it must reach the same listener.
+	APIAddr       string
+	AdvertiseAddr string
+	// RaftAddr and GossipAddr are recorded in the node record.
+	RaftAddr   string
+	GossipAddr string
+	// Vcpus and MemoryMB are the capacity this node offers to VMs.
+	Vcpus    uint32
+	MemoryMB uint64
+	Labels   map[string]string
+	Version  string
+	// ClusterID is proposed (InitCluster) once the replica is ready, when
+	// the cluster has none yet; empty means a random id. Initial members
+	// should pass the same value, so that whichever proposes first wins
+	// with the same answer.
+	ClusterID string
+
+	// Driver runs this node's VMs. Required.
+	Driver Driver
+	// StartReplica starts the local replica with the node's hooks, which
+	// must be passed on as consensus.ReplicaConfig.OnEffects and OnRestore.
+	// Required.
+	StartReplica func(onEffects func([]consensus.Effect), onRestore func()) (NodeReplica, error)
+
+	// Logger defaults to slog.Default(); protoactor's own messages go to
+	// it at Warn and above only.
+	Logger *slog.Logger
+	Clock  Clock
+	Rand   Rand
+	// VMs customises the vms supervisor; NodeID, Driver, Replica, Logger,
+	// Clock and Rand are filled in from this config.
+	VMs VMSupervisorConfig
+	// API customises the api actor; NodeID, Replica, Raft, Logs and Logger
+	// are filled in from this config.
+	API APIConfig
+	// StopVMsOnExit stops every VM the driver runs when the node closes.
+	// By default VMs keep running for the next agent to recover.
+	StopVMsOnExit bool
+	// StopGrace is the graceful-stop time of StopVMsOnExit (default 10 s).
+	StopGrace time.Duration
+}
+
+// Node is a running node agent: a protoactor system with its remote, the
+// consensus replica, the vms supervisor and the api actor. Close stops it.
+type Node struct {
+	cfg     NodeConfig
+	log     *slog.Logger
+	system  *actor.ActorSystem
+	remote  *remote.Remote
+	replica NodeReplica
+	vms     atomic.Pointer[actor.PID]
+	api     *actor.PID
+
+	ready     chan struct{}
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// StartNode starts a node agent: the actor system and its remote on
+// APIAddr, the replica (StartReplica), the `vms` supervisor and the `api`
+// actor. It returns once they run; in the background it then waits for the
+// replica to be ready, proposes the cluster id when there is none, upserts
+// this node's record (addresses, capacity, labels, status alive) and asks
+// `vms` to reconcile. Effects of applied commands go to `vms` without
+// blocking the apply loop; a snapshot restore triggers another reconcile.
+func StartNode(cfg NodeConfig) (*Node, error) {
+	if cfg.NodeID == 0 {
+		return nil, errors.New("node id must be nonzero")
+	}
+	if cfg.Driver == nil || cfg.StartReplica == nil {
+		return nil, errors.New("node needs a Driver and StartReplica")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 10 * time.Second
+	}
+	advertise := cfg.AdvertiseAddr
+	if advertise == "" {
+		advertise = cfg.APIAddr
+	}
+	host, portStr, err := net.SplitHostPort(cfg.APIAddr)
+	if err != nil {
+		return nil, fmt.Errorf("api address %q: %w", cfg.APIAddr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("api address %q: bad port", cfg.APIAddr)
+	}
+	log := cfg.Logger.With("node", cfg.NodeID)
+	paLog := slog.New(minLevelHandler{h: cfg.Logger.Handler(), min: slog.LevelWarn}).With("lib", "protoactor")
+	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return paLog }))
+	rcfg := remote.Configure(host, port, remote.WithAdvertisedHost(advertise))
+	// Fail fast on a peer that is down instead of redialling it for 10 s.
+	rcfg.MaxRetryCount = 2
+	r := remote.NewRemote(system, rcfg)
+	if err := nodeStartRemote(r); err != nil {
+		system.Shutdown()
+		return nil, fmt.Errorf("listening for api requests on %s: %w", cfg.APIAddr, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &Node{
+		cfg:    cfg,
+		log:    log,
+		system: system,
+		remote: r,
+		ready:  make(chan struct{}),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+	cfg.AdvertiseAddr = advertise
+	n.cfg = cfg
+
+	rep, err := cfg.StartReplica(n.onEffects, n.onRestore)
+	if err != nil {
+		cancel()
+		r.Shutdown(true)
+		system.Shutdown()
+		return nil, err
+	}
+	n.replica = rep
+
+	vcfg := cfg.VMs
+	vcfg.NodeID, vcfg.Driver, vcfg.Replica, vcfg.Logger = cfg.NodeID, cfg.Driver, rep, log
+	if cfg.Clock != nil {
+		vcfg.Clock = cfg.Clock
+	}
+	if cfg.Rand != nil {
+		vcfg.Rand = cfg.Rand
+	}
+	vms, err := system.Root.SpawnNamed(NewVMSupervisor(vcfg), "vms")
+	if err != nil {
+		n.abort()
+		return nil, fmt.Errorf("spawning vms supervisor: %w", err)
+	}
+	n.vms.Store(vms)
+
+	acfg := cfg.API
+	acfg.NodeID, acfg.Replica, acfg.Raft, acfg.Logs, acfg.Logger = cfg.NodeID, rep, rep, cfg.Driver, log
+	api, err := system.Root.SpawnNamed(NewAPI(acfg), APIActorName)
+	if err != nil {
+		n.abort()
+		return nil, fmt.Errorf("spawning api actor: %w", err)
+	}
+	n.api = api
+	log.Info("node agent started", "api_addr", advertise, "raft_addr", cfg.RaftAddr)
+
+	n.wg.Add(1)
+	go n.join()
+	return n, nil
+}
+
+// nodeStartRemote converts protoactor's panic on a failed listen into an error.
+func nodeStartRemote(r *remote.Remote) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%v", p)
+		}
+	}()
+	r.Start()
+	return nil
+}
+
+func (n *Node) abort() {
+	n.cancel()
+	n.replica.Close()
+	n.remote.Shutdown(true)
+	n.system.Shutdown()
+}
+
+// onEffects is the replica's apply hook: it hands the effects to `vms`
+// through its mailbox, which never blocks. Effects applied before `vms`
+// exists are dropped; the reconcile after start covers them.
+func (n *Node) onEffects(effects []consensus.Effect) {
+	if pid := n.vms.Load(); pid != nil && len(effects) > 0 {
+		n.system.Root.Send(pid, &ApplyEffects{Effects: effects})
+	}
+}
+
+// onRestore is the replica's snapshot hook: effects were skipped, so
+// `vms` reconciles.
+func (n *Node) onRestore() {
+	if pid := n.vms.Load(); pid != nil {
+		n.system.Root.Send(pid, &Reconcile{})
+	}
+}
+
+// join waits for the replica, registers the node and reconciles.
+func (n *Node) join() {
+	defer n.wg.Done()
+	for {
+		err := n.replica.WaitReady(n.ctx)
+		if err == nil {
+			break
+		}
+		if n.ctx.Err() != nil {
+			return
+		}
+		n.log.Warn("replica not ready yet", "err", err)
+	}
+	n.log.Info("replica ready; registering node")
+	if !n.retry("initialising cluster", n.initCluster) {
+		return
+	}
+	if !n.retry("registering node", n.upsertSelf) {
+		return
+	}
+	if pid := n.vms.Load(); pid != nil {
+		n.system.Root.Send(pid, &Reconcile{})
+	}
+	close(n.ready)
+	n.log.Info("node registered and reconciling", "vcpus", n.cfg.Vcpus, "memory_mb", n.cfg.MemoryMB)
+}
+
+// retry runs op until it succeeds or the node closes, with backoff.
+func (n *Node) retry(what string, op func(context.Context) error) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+		err := op(ctx)
+		cancel()
+		if err == nil {
+			return true
+		}
+		if n.ctx.Err() != nil {
+			return false
+		}
+		n.log.Warn(what+" failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-n.ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (n *Node) initCluster(ctx context.Context) error {
+	var id string
+	if err := n.replica.Read(ctx, false, func(s *consensus.State) { id = s.Config().GetClusterId() }); err != nil {
+		return err
+	}
+	if id != "" {
+		return nil
+	}
+	cid := n.cfg.ClusterID
+	if cid == "" {
+		cid = nodeRandomHex(8)
+	}
+	res, err := n.replica.Propose(ctx, &blixardpb.Command{
+		RequestId: "init-cluster-" + cid,
+		Op:        &blixardpb.Command_InitCluster{InitCluster: &blixardpb.InitCluster{Config: &blixardpb.ClusterConfig{ClusterId: cid}}},
+	})
+	if err != nil {
+		return err
+	}
+	switch res.GetError().GetCode() {
+	case blixardpb.Code_OK:
+		n.log.Info("cluster initialised", "cluster_id", cid)
+	case blixardpb.Code_FAILED_PRECONDITION:
+		// Another node initialised it first.
+	default:
+		return fmt.Errorf("initialising cluster: %s", res.GetError().GetMessage())
+	}
+	return nil
+}
+
+func (n *Node) upsertSelf(ctx context.Context) error {
+	rec := &blixardpb.NodeRecord{
+		Id:         n.cfg.NodeID,
+		ApiAddr:    n.cfg.AdvertiseAddr,
+		RaftAddr:   n.cfg.RaftAddr,
+		GossipAddr: n.cfg.GossipAddr,
+		Vcpus:      n.cfg.Vcpus,
+		MemoryMb:   n.cfg.MemoryMB,
+		Labels:     n.cfg.Labels,
+		Status:     blixardpb.NodeStatus_NODE_STATUS_ALIVE,
+		// Schedulable is kept by the state machine for known nodes and
+		// true for new ones.
+		Schedulable: true,
+		Version:     n.cfg.Version,
+	}
+	res, err := n.replica.Propose(ctx, &blixardpb.Command{
+		RequestId: fmt.Sprintf("upsert-node-%d-%s", n.cfg.NodeID, nodeRandomHex(8)),
+		Op:        &blixardpb.Command_UpsertNode{UpsertNode: &blixardpb.UpsertNode{Node: rec}},
+	})
+	if err != nil {
+		return err
+	}
+	if e := res.GetError(); e.GetCode() != blixardpb.Code_OK {
+		return fmt.Errorf("registering node %d: %s", n.cfg.NodeID, e.GetMessage())
+	}
+	return nil
+}
+
+// Ready is closed once the node is registered in the cluster state and
+// has asked `vms` to reconcile.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Addr is the api address the node advertises.
+func (n *Node) Addr() string { return n.cfg.AdvertiseAddr }
+
+// Replica is the node's consensus replica.
+func (n *Node) Replica() NodeReplica { return n.replica }
+
+// System is the node's actor system (for tests and the simulator).
+func (n *Node) System() *actor.ActorSystem { return n.system }
+
+// Close stops the node: the api actor (requests in flight are answered
+// UNAVAILABLE), the vms supervisor (VMs keep running unless
+// StopVMsOnExit), the replica and the remote. It is idempotent.
+func (n *Node) Close(ctx context.Context) error {
+	n.closeOnce.Do(func() {
+		n.log.Info("node agent stopping")
+		n.cancel()
+		n.wg.Wait()
+		if err := n.system.Root.StopFuture(n.api).Wait(); err != nil {
+			n.log.Warn("stopping api actor", "err", err)
+		}
+		if pid := n.vms.Swap(nil); pid != nil {
+			if err := n.system.Root.StopFuture(pid).Wait(); err != nil {
+				n.log.Warn("stopping vms supervisor", "err", err)
+			}
+		}
+		if n.cfg.StopVMsOnExit {
+			n.stopVMs(ctx)
+		}
+		n.replica.Close()
+		if c, ok := n.cfg.Driver.(DriverCloser); ok {
+			if err := c.Close(); err != nil {
+				n.log.Warn("closing driver", "err", err)
+			}
+		}
+		n.remote.Shutdown(true)
+		n.system.Shutdown()
+		n.log.Info("node agent stopped")
+	})
+	return nil
+}
+
+// stopVMs stops every VM the driver runs (StopVMsOnExit).
+func (n *Node) stopVMs(ctx context.Context) {
+	insts, err := n.cfg.Driver.List(ctx)
+	if err != nil {
+		n.log.Warn("listing vms to stop on exit", "err", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, in := range insts {
+		if !in.Running {
+			continue
+		}
+		wg.Add(1)
+		go func(name string) {
+			defer wg.Done()
+			if err := n.cfg.Driver.Stop(ctx, name, n.cfg.StopGrace); err != nil {
+				n.log.Warn("stopping vm on exit", "vm", name, "err", err)
+			} else {
+				n.log.Info("stopped vm on exit", "vm", name)
+			}
+		}(in.Name)
+	}
+	wg.Wait()
+}
+
+func nodeRandomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	return hex.EncodeToString(b)
+}
+
+// minLevelHandler drops records below min (protoactor logs every
+// connection at Info).
+type minLevelHandler struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (m minLevelHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.h.Enabled(ctx, l)
+}
+func (m minLevelHandler) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
+func (m minLevelHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevelHandler{h: m.h.WithAttrs(as), min: m.min}
+}
+func (m minLevelHandler) WithGroup(g string) slog.Handler {
+	return minLevelHandler{h: m.h.WithGroup(g), min: m.min}
+}
