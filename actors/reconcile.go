@@ -121,7 +121,7 @@ func (s *vmsActor) reconcileRead(c actor.Context, m *reconcileRead) {
 		name := rec.GetSpec().GetName()
 		desired[name] = true
 		e := s.entries[name]
-		if e != nil && (e.seq > m.seq || rec.GetGeneration() <= e.gen) {
+		if e != nil && (e.seq > m.seq || !newer(rec, e.id, e.gen)) {
 			continue // an effect or an earlier pass already acted on this
 		}
 		if e == nil {

@@ -41,6 +41,7 @@ type statusReport struct {
 // node, up to generation.
 type reportForget struct {
 	name       string
+	vmID       uint64
 	generation uint64
 }
 
@@ -57,7 +58,8 @@ type reportRetry struct {
 }
 
 type reportSlot struct {
-	gen       uint64 // highest generation seen
+	id        uint64 // the VM id and highest generation seen
+	gen       uint64
 	pending   *statusReport
 	inflight  bool
 	queued    bool
@@ -118,7 +120,7 @@ func (r *reporterActor) Receive(c actor.Context) {
 	case *statusReport:
 		r.report(m)
 	case *reportForget:
-		if s := r.slots[m.name]; s != nil && s.gen <= m.generation {
+		if s := r.slots[m.name]; s != nil && (s.id < m.vmID || (s.id == m.vmID && s.gen <= m.generation)) {
 			r.stopTimer(s)
 			if s.inflight {
 				s.pending = nil
@@ -143,11 +145,11 @@ func (r *reporterActor) report(m *statusReport) {
 		s = &reportSlot{}
 		r.slots[m.name] = s
 	}
-	if m.generation < s.gen {
-		return // superseded generation
+	if m.vmID < s.id || (m.vmID == s.id && m.generation < s.gen) {
+		return // superseded generation (or an older VM of that name)
 	}
-	if m.generation > s.gen {
-		s.gen, s.retries = m.generation, 0
+	if m.vmID != s.id || m.generation > s.gen {
+		s.id, s.gen, s.retries = m.vmID, m.generation, 0
 		r.stopTimer(s)
 	}
 	rep := *m
@@ -245,7 +247,7 @@ func (r *reporterActor) done(m *proposalDone) {
 		s.retries = 0
 	}
 	if retry && r.cancel != nil {
-		if s.pending == nil && m.rep.generation >= s.gen {
+		if s.pending == nil && m.rep.vmID == s.id && m.rep.generation >= s.gen {
 			s.pending = m.rep
 		}
 		d := backoffDelay(s.retries, r.base, r.max, r.rand.Float64())

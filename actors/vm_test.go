@@ -356,3 +356,21 @@ func TestStaleEffectsAreDropped(t *testing.T) {
 		t.Errorf("a stale effect restarted the VM: %v", r)
 	}
 }
+
+func TestRecreatedVMUnderSameName(t *testing.T) {
+	c := newCluster(t, 1)
+	n := c.addNode(1, nil)
+	old := c.create("web", 1, "")
+	c.waitStatus("web", running)
+	c.propose(&blixardpb.Command{Op: &blixardpb.Command_DeleteVm{DeleteVm: &blixardpb.DeleteVm{Name: "web"}}})
+	fresh := c.create("web", 1, "") // generation 1 again, a higher id
+	if fresh.GetId() <= old.GetId() || fresh.GetGeneration() >= old.GetGeneration()+1 {
+		t.Fatalf("ids %d → %d, generations %d → %d: the test needs a lower generation under a new id",
+			old.GetId(), fresh.GetId(), old.GetGeneration(), fresh.GetGeneration())
+	}
+	eventually(t, "the new web running", func() bool {
+		rec := c.vm("web")
+		in, err := n.drv.Inspect(context.Background(), "web")
+		return rec.GetStatus() == running && err == nil && in.Running && in.ID == fresh.GetId()
+	})
+}

@@ -127,6 +127,10 @@ func NewVMSupervisor(cfg VMSupervisorConfig) *actor.Props {
 // vmEntry is the supervisor's record of one VM actor.
 type vmEntry struct {
 	pid *actor.PID
+	// id and gen order the records the actor acts on: a VM deleted and
+	// created again under the same name has a higher id and starts over
+	// at generation 1.
+	id  uint64
 	gen uint64
 	// seq is the effect sequence number that last touched the entry;
 	// reconciliation leaves entries touched after its read alone.
@@ -224,7 +228,7 @@ func (s *vmsActor) applyEffects(c actor.Context, effects []consensus.Effect) {
 func (s *vmsActor) route(c actor.Context, rec *blixardpb.VmRecord, here bool, seq uint64) {
 	name := rec.GetSpec().GetName()
 	e := s.entries[name]
-	if e != nil && rec.GetGeneration() <= e.gen {
+	if e != nil && !newer(rec, e.id, e.gen) {
 		return
 	}
 	switch {
@@ -234,12 +238,19 @@ func (s *vmsActor) route(c actor.Context, rec *blixardpb.VmRecord, here bool, se
 		// Not ours any more and no actor: make sure nothing is left behind.
 		s.spawn(c, rec, true, seq)
 	case e.removing:
-		e.gen, e.seq = rec.GetGeneration(), seq
+		e.id, e.gen, e.seq = rec.GetId(), rec.GetGeneration(), seq
 		if here {
 			e.pending = rec
 		} else {
 			e.pending = nil
 		}
+	case rec.GetId() != e.id:
+		// Another VM under the same name: the old one goes first.
+		e.id, e.gen, e.seq, e.removing, e.view.Removing = rec.GetId(), rec.GetGeneration(), seq, true, true
+		if here {
+			e.pending = rec
+		}
+		c.Send(e.pid, &vmUpdate{remove: true})
 	default:
 		e.gen, e.seq = rec.GetGeneration(), seq
 		if !here {
@@ -260,7 +271,7 @@ func (s *vmsActor) spawn(c actor.Context, rec *blixardpb.VmRecord, remove bool, 
 		return
 	}
 	s.entries[name] = &vmEntry{
-		pid: pid, gen: rec.GetGeneration(), seq: seq, removing: remove,
+		pid: pid, id: rec.GetId(), gen: rec.GetGeneration(), seq: seq, removing: remove,
 		view: LocalVM{Name: name, ID: rec.GetId(), Generation: rec.GetGeneration(), Desired: rec.GetDesired(), Status: rec.GetStatus(), Removing: remove},
 	}
 	s.byPID[pid.Id] = name
@@ -271,11 +282,11 @@ func (s *vmsActor) spawn(c actor.Context, rec *blixardpb.VmRecord, remove bool, 
 // another node now, or is gone).
 func (s *vmsActor) vmStatus(c actor.Context, m *vmStatus) {
 	e := s.entries[m.name]
-	if e == nil || m.generation < e.view.Generation || s.cancel == nil {
+	if e == nil || m.id != e.view.ID || m.generation < e.view.Generation || s.cancel == nil {
 		return
 	}
 	e.view = LocalVM{Name: m.name, ID: m.id, Generation: m.generation, Desired: m.desired, Status: m.status, Restarts: m.restarts, Message: m.message, Removing: e.removing || m.removing}
-	if e.view.Removing || m.generation < e.gen {
+	if e.view.Removing || m.id != e.id || m.generation < e.gen {
 		return
 	}
 	c.Send(s.reporter, &statusReport{
@@ -304,7 +315,7 @@ func (s *vmsActor) terminated(c actor.Context, who *actor.PID) {
 		return
 	}
 	delete(s.entries, name)
-	c.Send(s.reporter, &reportForget{name: name, generation: e.gen})
+	c.Send(s.reporter, &reportForget{name: name, vmID: e.id, generation: e.gen})
 	if e.pending != nil {
 		s.spawn(c, e.pending, false, e.seq)
 		return
@@ -315,6 +326,14 @@ func (s *vmsActor) terminated(c actor.Context, who *actor.PID) {
 		s.cfg.Logger.Error(msg, "vm", name)
 		c.Send(s.reporter, &statusReport{name: name, vmID: e.view.ID, generation: e.gen, status: blixardpb.VmStatus_VM_STATUS_FAILED, restarts: e.view.Restarts, message: msg})
 	}
+}
+
+// newer reports whether rec is newer than the record (id, gen).
+func newer(rec *blixardpb.VmRecord, id, gen uint64) bool {
+	if rec.GetId() != id {
+		return rec.GetId() > id
+	}
+	return rec.GetGeneration() > gen
 }
 
 func (s *vmsActor) localVMs() *LocalVMs {
