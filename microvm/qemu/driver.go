@@ -1,0 +1,656 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/blixard/blixard/microvm"
+)
+
+// Options configure a Driver. Only Dir is required.
+type Options struct {
+	// Dir holds one state dir per VM: <Dir>/<name>/ with spec.json,
+	// qemu.pid, console.log, qmp.sock, exit.json and default volume images.
+	Dir string
+	// Binary is the qemu binary; empty means qemu-system-x86_64.
+	Binary string
+	// Accel is auto (default), kvm or tcg. Auto is resolved at the first
+	// Start with a probe boot of ProbeKernel (or that VM's kernel).
+	Accel       Accel
+	ProbeKernel string
+	// TSCKHz is passed to TCG guests (see Machine.TSCKHz); 0 means
+	// HostTSCKHz().
+	TSCKHz uint64
+	// NoNetwork starts VMs without a network device even when their spec
+	// names a TAP.
+	NoNetwork bool
+	// Supervisor runs the qemu processes; nil means an ExecSupervisor.
+	Supervisor Supervisor
+	// StartTimeout bounds how long Start waits for qemu to open its QMP
+	// socket; 0 means 30 s.
+	StartTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Driver runs microVMs as qemu processes on this host. It satisfies the
+// node agent's Driver contract (actors.Driver); its methods are safe for
+// concurrent use.
+type Driver struct {
+	opts Options
+	sup  Supervisor
+	log  *slog.Logger
+	// life ends with Close: it stops the watchers of adopted processes.
+	life   context.Context
+	cancel context.CancelFunc
+
+	mu  sync.Mutex
+	vms map[string]*vm
+}
+
+// vm is the driver's record of one VM.
+type vm struct {
+	name string
+	dir  string
+
+	mu   sync.Mutex
+	spec microvm.Spec
+	// proc is the current or last process; running is true until its exit
+	// has been recorded in exit.
+	proc    Process
+	running bool
+	exited  chan struct{} // closed when the current process's exit is recorded
+	exit    *microvm.Exit
+	// stopping explains a requested stop ("stopped", "destroyed"); the
+	// exit that follows is clean.
+	stopping string
+	// logStart is the console log size when the process started: the
+	// exit classification reads only this run's output.
+	logStart int64
+}
+
+// New returns a driver keeping its state under opts.Dir. VMs that a
+// previous driver left running are found again by List, Inspect, Recover.
+func New(opts Options) (*Driver, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("qemu: Options.Dir is required")
+	}
+	if opts.Accel == "" {
+		opts.Accel = AccelAuto
+	}
+	if _, err := ParseAccel(string(opts.Accel)); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	if opts.Binary == "" {
+		opts.Binary = "qemu-system-x86_64"
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 30 * time.Second
+	}
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	d := &Driver{opts: opts, sup: opts.Supervisor, log: opts.Logger, vms: map[string]*vm{}}
+	if d.sup == nil {
+		d.sup = &ExecSupervisor{}
+	}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
+	d.life, d.cancel = context.WithCancel(context.Background())
+	return d, nil
+}
+
+// Close releases the driver; running VMs keep running for a later driver
+// to recover.
+func (d *Driver) Close() error {
+	d.cancel()
+	return nil
+}
+
+func (d *Driver) stateDir(name string) string { return filepath.Join(d.opts.Dir, name) }
+
+// lookup returns the record of name, loading it from its state dir (and
+// re-adopting a running process) when this driver has not seen it yet.
+// It returns nil when name is unknown.
+func (d *Driver) lookup(name string) (*vm, error) {
+	if name == "" || name == "." || name == ".." || filepath.Base(name) != name {
+		return nil, nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v, ok := d.vms[name]; ok {
+		return v, nil
+	}
+	dir := d.stateDir(name)
+	var spec microvm.Spec
+	if err := readJSON(filepath.Join(dir, specFile), &spec); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("loading vm %s: %w", name, err)
+	}
+	v := &vm{name: name, dir: dir, spec: spec}
+	var last microvm.Exit
+	if err := readJSON(filepath.Join(dir, exitFile), &last); err == nil {
+		v.exit = &last
+	}
+	p, ok, err := d.sup.Adopt(d.life, dir)
+	if err != nil {
+		return nil, fmt.Errorf("re-adopting vm %s: %w", name, err)
+	}
+	if ok {
+		d.log.Info("qemu: re-adopted running vm", "vm", name, "pid", p.PID())
+		v.logStart = fileSize(filepath.Join(dir, consoleFile))
+		d.watch(v, p)
+	}
+	d.vms[name] = v
+	return v, nil
+}
+
+// watch makes p v's current process and records its exit when it ends.
+// The caller holds v.mu or owns v exclusively.
+func (d *Driver) watch(v *vm, p Process) {
+	v.proc = p
+	v.running = true
+	v.stopping = ""
+	v.exit = nil
+	exited := make(chan struct{})
+	v.exited = exited
+	go func() {
+		select {
+		case <-p.Done():
+		case <-d.life.Done():
+			return
+		}
+		v.mu.Lock()
+		e := d.classify(v, p.Status())
+		v.exit = &e
+		v.running = false
+		v.mu.Unlock()
+		if err := writeJSON(filepath.Join(v.dir, exitFile), e); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("qemu: recording exit", "vm", v.name, "err", err)
+		}
+		os.Remove(filepath.Join(v.dir, pidFile))
+		d.log.Info("qemu: vm exited", "vm", v.name, "reason", e.Reason, "clean", e.Clean)
+		close(exited)
+	}()
+}
+
+// classify turns a process status into an Exit. A requested stop is clean.
+// Otherwise the run's console output tells a guest poweroff (clean) from
+// a guest reboot or kernel panic (which end qemu with code 0 too, because
+// of -no-reboot and panic=-1). Called with v.mu held.
+func (d *Driver) classify(v *vm, st ProcessStatus) microvm.Exit {
+	e := microvm.Exit{Code: st.Code, Signal: st.Signal, At: time.Now()}
+	if v.stopping != "" {
+		e.Clean = true
+		e.Reason = v.stopping
+		return e
+	}
+	out := tail(filepath.Join(v.dir, consoleFile), v.logStart, 64<<10)
+	guest := ""
+	switch {
+	case bytes.Contains(out, []byte("Kernel panic")):
+		guest = "guest kernel panic"
+	case bytes.Contains(out, []byte("reboot: Restarting system")):
+		guest = "guest rebooted"
+	case bytes.Contains(out, []byte("reboot: Power down")):
+		guest = "guest powered off"
+	case bytes.Contains(out, []byte("terminating on signal")):
+		guest = "qemu terminated by a signal from outside blixard"
+	}
+	switch {
+	case !st.Known:
+		e.Code = -1
+		if guest == "" {
+			guest = "exited"
+		}
+		e.Reason = guest + " (re-adopted process: exit status unknown)"
+		e.Clean = guest == "guest powered off"
+	case st.Signal != "":
+		e.Reason = "killed by " + st.Signal
+	case st.Code != 0:
+		e.Reason = fmt.Sprintf("qemu exited with code %d: %s", st.Code, lastLine(out))
+	case guest == "":
+		e.Reason = "qemu exited cleanly"
+		e.Clean = true
+	default:
+		e.Reason = guest
+		e.Clean = guest == "guest powered off"
+	}
+	return e
+}
+
+// machine is the command line model of spec on this driver.
+func (d *Driver) machine(spec microvm.Spec, accel Accel) Machine {
+	tsc := d.opts.TSCKHz
+	if tsc == 0 && accel == AccelTCG {
+		tsc = HostTSCKHz()
+	}
+	return Machine{
+		Spec:      spec,
+		Binary:    d.opts.Binary,
+		StateDir:  d.stateDir(spec.Name),
+		Accel:     accel,
+		TSCKHz:    tsc,
+		NoNetwork: d.opts.NoNetwork,
+	}
+}
+
+// Prepare implements the Driver contract: validates spec, creates the
+// state dir and missing volume images (truncate + mkfs.ext4), and records
+// the spec. A running instance is left alone.
+func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
+	}
+	if spec.Name == "" || filepath.Base(spec.Name) != spec.Name || spec.Name == "." || spec.Name == ".." {
+		return fmt.Errorf("preparing vm %q: %w: bad name", spec.Name, microvm.ErrInvalidSpec)
+	}
+	m := d.machine(spec, AccelTCG)
+	if _, err := m.Args(); err != nil {
+		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
+	}
+	if err := os.MkdirAll(m.StateDir, 0o750); err != nil {
+		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
+	}
+	for _, vol := range spec.Volumes {
+		if err := createVolume(ctx, m.VolumePath(vol), vol.SizeMB); err != nil {
+			return fmt.Errorf("preparing vm %s: volume %s: %w", spec.Name, vol.Name, err)
+		}
+	}
+	if err := writeJSON(filepath.Join(m.StateDir, specFile), spec); err != nil {
+		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
+	}
+	v, err := d.lookup(spec.Name)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.spec = spec.Clone()
+	v.mu.Unlock()
+	return nil
+}
+
+// createVolume makes a sparse ext4 image of sizeMB at path unless a file
+// is there already.
+func createVolume(ctx context.Context, path string, sizeMB uint64) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if sizeMB == 0 {
+		return fmt.Errorf("%w: image %s does not exist and has no size to create it", microvm.ErrInvalidSpec, path)
+	}
+	tmp := path + ".new"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(int64(sizeMB) << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		var out []byte
+		out, err = exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", tmp).CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("mkfs.ext4: %v: %s", err, bytes.TrimSpace(out))
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+// Start implements the Driver contract. It returns once qemu has opened
+// its QMP socket; a qemu that exits before that fails Start with the last
+// line it printed.
+func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance, error) {
+	v, err := d.lookup(spec.Name)
+	if err != nil {
+		return microvm.Instance{}, err
+	}
+	if v == nil {
+		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, microvm.ErrNotPrepared)
+	}
+	v.mu.Lock()
+	running := v.running
+	v.mu.Unlock()
+	if running {
+		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, microvm.ErrAlreadyRunning)
+	}
+	accel, reason := ResolveAccel(ctx, d.opts.Accel, Probe{
+		Binary: d.opts.Binary, Kernel: firstNonEmpty(d.opts.ProbeKernel, spec.Kernel), Logger: d.log,
+	})
+	m := d.machine(spec, accel)
+	argv, err := m.Args()
+	if err != nil {
+		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, err)
+	}
+	os.Remove(m.QMPPath())
+	logStart := fileSize(m.ConsolePath())
+	d.log.Info("qemu: starting vm", "vm", spec.Name, "accel", accel, "accel_reason", reason)
+	p, err := d.sup.Start(ctx, m.StateDir, argv, m.ConsolePath())
+	if err != nil {
+		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, err)
+	}
+	v.mu.Lock()
+	v.logStart = logStart
+	d.watch(v, p)
+	exited := v.exited
+	v.mu.Unlock()
+
+	if err := d.awaitQMP(ctx, m.QMPPath(), exited); err != nil {
+		v.mu.Lock()
+		if v.exit == nil {
+			v.stopping = "start failed"
+		}
+		v.mu.Unlock()
+		p.Signal(syscall.SIGKILL)
+		<-exited
+		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w: %s", spec.Name, err,
+			lastLine(tail(m.ConsolePath(), logStart, 4096)))
+	}
+	return d.instance(v), nil
+}
+
+var dialer net.Dialer
+
+// awaitQMP waits until the QMP socket accepts connections, the process
+// exits, or the start timeout passes.
+func (d *Driver) awaitQMP(ctx context.Context, path string, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.StartTimeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if c, err := dialer.DialContext(ctx, "unix", path); err == nil {
+			// qemu serves one QMP client at a time; hand the slot back.
+			c.Close()
+			return nil
+		}
+		select {
+		case <-exited:
+			return errors.New("qemu exited during start")
+		case <-ctx.Done():
+			return fmt.Errorf("qemu did not open its QMP socket: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// Wait implements the Driver contract.
+func (d *Driver) Wait(ctx context.Context, name string) (microvm.Exit, error) {
+	v, err := d.lookup(name)
+	if err != nil {
+		return microvm.Exit{}, err
+	}
+	if v == nil {
+		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w", name, microvm.ErrNotFound)
+	}
+	v.mu.Lock()
+	exited, last := v.exited, v.exit
+	v.mu.Unlock()
+	if exited == nil {
+		if last != nil {
+			return *last, nil
+		}
+		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w (never started)", name, microvm.ErrNotFound)
+	}
+	select {
+	case <-exited:
+	case <-ctx.Done():
+		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w", name, ctx.Err())
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return *v.exit, nil
+}
+
+// Stop implements the Driver contract: an ACPI powerdown through QMP, a
+// SIGKILL once grace has passed.
+func (d *Driver) Stop(ctx context.Context, name string, grace time.Duration) error {
+	return d.stop(ctx, name, grace, "stopped")
+}
+
+func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why string) error {
+	v, err := d.lookup(name)
+	if err != nil || v == nil {
+		return err
+	}
+	v.mu.Lock()
+	if !v.running {
+		v.mu.Unlock()
+		return nil
+	}
+	v.stopping = why
+	p, exited := v.proc, v.exited
+	v.mu.Unlock()
+
+	start := time.Now()
+	if grace > 0 {
+		qctx, cancel := context.WithTimeout(ctx, min(grace, 5*time.Second))
+		q, err := DialQMP(qctx, filepath.Join(v.dir, qmpFile))
+		if err == nil {
+			err = q.Powerdown(qctx)
+			q.Close()
+		}
+		cancel()
+		if err != nil {
+			d.log.Warn("qemu: graceful stop request failed", "vm", name, "err", err)
+		}
+		t := time.NewTimer(grace - time.Since(start))
+		select {
+		case <-exited:
+			t.Stop()
+			return nil
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("stopping vm %s: %w", name, ctx.Err())
+		case <-t.C:
+		}
+		v.mu.Lock()
+		v.stopping = fmt.Sprintf("%s: killed by SIGKILL after %s grace", why, grace)
+		v.mu.Unlock()
+	}
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("stopping vm %s: %w", name, err)
+	}
+	select {
+	case <-exited:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stopping vm %s: %w", name, ctx.Err())
+	}
+}
+
+// Destroy implements the Driver contract: kill without grace, remove the
+// state dir (with the volume images kept there; images elsewhere stay).
+func (d *Driver) Destroy(ctx context.Context, name string) error {
+	if err := d.stop(ctx, name, 0, "destroyed"); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	delete(d.vms, name)
+	d.mu.Unlock()
+	if name == "" || filepath.Base(name) != name || name == "." || name == ".." {
+		return nil
+	}
+	if err := os.RemoveAll(d.stateDir(name)); err != nil {
+		return fmt.Errorf("destroying vm %s: %w", name, err)
+	}
+	return nil
+}
+
+// Inspect implements the Driver contract.
+func (d *Driver) Inspect(ctx context.Context, name string) (microvm.Instance, error) {
+	v, err := d.lookup(name)
+	if err != nil {
+		return microvm.Instance{}, err
+	}
+	if v == nil {
+		return microvm.Instance{}, fmt.Errorf("inspecting vm %s: %w", name, microvm.ErrNotFound)
+	}
+	return d.instance(v), nil
+}
+
+func (d *Driver) instance(v *vm) microvm.Instance {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	in := microvm.Instance{Name: v.name, ID: v.spec.ID, Handle: filepath.Join(v.dir, qmpFile)}
+	if v.running {
+		in.Running = true
+		in.PID = v.proc.PID()
+		in.StartedAt = v.proc.StartedAt()
+	}
+	return in
+}
+
+// Recover implements the Driver contract. The re-adoption itself happens
+// when the driver first looks at the VM's state dir.
+func (d *Driver) Recover(ctx context.Context, spec microvm.Spec) (microvm.Instance, bool, error) {
+	v, err := d.lookup(spec.Name)
+	if err != nil {
+		return microvm.Instance{}, false, err
+	}
+	if v == nil {
+		return microvm.Instance{Name: spec.Name}, false, nil
+	}
+	in := d.instance(v)
+	return in, in.Running, nil
+}
+
+// List implements the Driver contract.
+func (d *Driver) List(ctx context.Context) ([]microvm.Instance, error) {
+	entries, err := os.ReadDir(d.opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing vms: %w", err)
+	}
+	var out []microvm.Instance
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		v, err := d.lookup(e.Name())
+		if err != nil {
+			return nil, err
+		}
+		if v != nil {
+			out = append(out, d.instance(v))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Logs implements the Driver contract over <state dir>/console.log, which
+// holds the serial console and qemu's own messages of every run.
+func (d *Driver) Logs(ctx context.Context, name string, offset int64, lastLines int) ([]byte, int64, error) {
+	v, err := d.lookup(name)
+	if err != nil {
+		return nil, 0, err
+	}
+	if v == nil {
+		return nil, 0, fmt.Errorf("logs of vm %s: %w", name, microvm.ErrNotFound)
+	}
+	f, err := os.Open(filepath.Join(v.dir, consoleFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("logs of vm %s: %w", name, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, fmt.Errorf("logs of vm %s: %w", name, err)
+	}
+	size := st.Size()
+	if offset >= 0 {
+		if offset > size {
+			offset = size
+		}
+		data := make([]byte, size-offset)
+		n, err := f.ReadAt(data, offset)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, 0, fmt.Errorf("logs of vm %s: %w", name, err)
+		}
+		return data[:n], offset + int64(n), nil
+	}
+	data := make([]byte, size)
+	n, err := f.ReadAt(data, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, fmt.Errorf("logs of vm %s: %w", name, err)
+	}
+	data = data[:n]
+	return lastNLines(data, lastLines), int64(n), nil
+}
+
+// lastNLines returns the last n lines of b (all of b when n <= 0).
+func lastNLines(b []byte, n int) []byte {
+	if n <= 0 {
+		return b
+	}
+	i := len(b)
+	if i > 0 && b[i-1] == '\n' {
+		i--
+	}
+	for k := 0; k < n; k++ {
+		j := bytes.LastIndexByte(b[:i], '\n')
+		if j < 0 {
+			return b
+		}
+		i = j
+	}
+	return b[i+1:]
+}
+
+// tail returns up to max bytes of path from offset from on (the end part).
+func tail(path string, from int64, limit int64) []byte {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	start := max(from, st.Size()-limit, 0)
+	b := make([]byte, st.Size()-start)
+	n, _ := f.ReadAt(b, start)
+	return b[:n]
+}
+
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
