@@ -374,3 +374,59 @@ func TestRecreatedVMUnderSameName(t *testing.T) {
 		return rec.GetStatus() == running && err == nil && in.Running && in.ID == fresh.GetId()
 	})
 }
+
+func TestReconcileRetriesWhileUnavailable(t *testing.T) {
+	c := newCluster(t, 1)
+	c.create("web", 1, "")
+	c.replica.SetUnavailable(true)
+	n := c.addNode(1, nil)
+	if p := c.waitPending(1); p[0] != time.Second {
+		t.Fatalf("reconcile retry in %v, want 1s", p[0])
+	}
+	c.clock.Advance(time.Second)
+	if p := c.waitPending(1); p[0] != 2*time.Second {
+		t.Fatalf("second reconcile retry in %v, want 2s", p[0])
+	}
+	c.replica.SetUnavailable(false)
+	c.clock.Advance(2 * time.Second)
+	c.waitStatus("web", running)
+	if !strings.Contains(n.log.String(), "reconcile: adopted 0, started 1, removed 0") {
+		t.Errorf("log lacks the reconcile summary:\n%s", n.log.String())
+	}
+}
+
+func TestActorThatKeepsPanickingIsReportedFailed(t *testing.T) {
+	c := newCluster(t, 1)
+	n := c.addNode(1, nil)
+	c.create("web", 1, "")
+	c.waitStatus("web", running)
+	// The default limit is 10 restarts a minute: the 11th panic stops it.
+	// One panic at a time, so none lands in a stopped actor's mailbox.
+	readoptions := func() int {
+		logs, _, _ := n.drv.Logs(context.Background(), "web", 0, 0)
+		return strings.Count(string(logs), "re-adopted")
+	}
+	for i := 1; i <= 10; i++ {
+		c.sys.Root.Send(vmPID(c, n, "web"), &vmPanic{})
+		eventually(t, "re-adoption "+itoa(i), func() bool { return readoptions() == i })
+	}
+	c.sys.Root.Send(vmPID(c, n, "web"), &vmPanic{})
+	rec := c.waitStatus("web", failed)
+	if !strings.Contains(rec.GetMessage(), "failed repeatedly") {
+		t.Errorf("message = %q", rec.GetMessage())
+	}
+	if got := n.drv.StartCount("web"); got != 1 {
+		t.Errorf("StartCount = %d, want 1: restarts of the actor re-adopt", got)
+	}
+	// Reconciliation gives the VM a fresh actor, which re-adopts it.
+	if res := c.reconcile(n); res.Adopted != 1 {
+		t.Errorf("reconcile after the actor was stopped = %+v, want it adopted", res)
+	}
+	eventually(t, "web re-adopted", func() bool {
+		vms := c.localVMs(n)
+		return len(vms) == 1 && vms[0].Status == running
+	})
+	if got := n.drv.StartCount("web"); got != 1 {
+		t.Errorf("StartCount = %d, want 1", got)
+	}
+}

@@ -91,6 +91,14 @@ func must(t *testing.T, what string, err error) {
 	}
 }
 
+// open returns a new driver that is closed when the test ends, after the
+// VMs the test made are destroyed.
+func (h Harness) open(t *testing.T, dir string) actors.Driver {
+	d := h.New(t, dir)
+	t.Cleanup(func() { closeDriver(t, d) })
+	return d
+}
+
 func closeDriver(t *testing.T, d actors.Driver) {
 	if c, ok := d.(actors.DriverCloser); ok {
 		if err := c.Close(); err != nil {
@@ -137,8 +145,7 @@ func recv(t *testing.T, ch <-chan waitResult, timeout time.Duration, what string
 }
 
 func lifecycle(t *testing.T, h Harness) {
-	d := h.New(t, t.TempDir())
-	defer closeDriver(t, d)
+	d := h.open(t, t.TempDir())
 	ctx := h.ctx(t)
 	spec := h.Spec("life")
 	cleanup(t, d, spec.Name, h.Timeout)
@@ -218,8 +225,7 @@ func containsRunning(list []microvm.Instance, name string, running bool) bool {
 }
 
 func startNeedsPrepare(t *testing.T, h Harness) {
-	d := h.New(t, t.TempDir())
-	defer closeDriver(t, d)
+	d := h.open(t, t.TempDir())
 	ctx := h.ctx(t)
 	spec := h.Spec("unprepared")
 	cleanup(t, d, spec.Name, h.Timeout)
@@ -229,8 +235,7 @@ func startNeedsPrepare(t *testing.T, h Harness) {
 }
 
 func unknownVM(t *testing.T, h Harness) {
-	d := h.New(t, t.TempDir())
-	defer closeDriver(t, d)
+	d := h.open(t, t.TempDir())
 	ctx := h.ctx(t)
 	if _, err := d.Inspect(ctx, "nosuchvm"); !errors.Is(err, microvm.ErrNotFound) {
 		t.Errorf("Inspect unknown: err = %v, want ErrNotFound", err)
@@ -256,8 +261,7 @@ func unknownVM(t *testing.T, h Harness) {
 }
 
 func waitHonoursContext(t *testing.T, h Harness) {
-	d := h.New(t, t.TempDir())
-	defer closeDriver(t, d)
+	d := h.open(t, t.TempDir())
 	ctx := h.ctx(t)
 	spec := h.Spec("waitctx")
 	cleanup(t, d, spec.Name, h.Timeout)
@@ -292,8 +296,7 @@ func recoverAfterRestart(t *testing.T, h Harness) {
 	must(t, "Prepare idle", d1.Prepare(ctx, idle))
 	closeDriver(t, d1)
 
-	d2 := h.New(t, dir)
-	defer closeDriver(t, d2)
+	d2 := h.open(t, dir)
 	cleanup(t, d2, spec.Name, h.Timeout)
 	cleanup(t, d2, idle.Name, h.Timeout)
 
@@ -333,8 +336,7 @@ func recoverAfterRestart(t *testing.T, h Harness) {
 }
 
 func logs(t *testing.T, h Harness) {
-	d := h.New(t, t.TempDir())
-	defer closeDriver(t, d)
+	d := h.open(t, t.TempDir())
 	ctx := h.ctx(t)
 	spec := h.Spec("logs")
 	cleanup(t, d, spec.Name, h.Timeout)
@@ -370,8 +372,7 @@ func countLines(b []byte) int {
 }
 
 func uncleanExit(t *testing.T, h Harness) {
-	d := h.New(t, t.TempDir())
-	defer closeDriver(t, d)
+	d := h.open(t, t.TempDir())
 	ctx := h.ctx(t)
 	spec := h.Spec("killed")
 	cleanup(t, d, spec.Name, h.Timeout)
@@ -396,8 +397,7 @@ func uncleanExit(t *testing.T, h Harness) {
 }
 
 func concurrent(t *testing.T, h Harness) {
-	d := h.New(t, t.TempDir())
-	defer closeDriver(t, d)
+	d := h.open(t, t.TempDir())
 	ctx := h.ctx(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, h.Parallel)

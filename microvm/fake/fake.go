@@ -223,7 +223,11 @@ func (d *Driver) save(name string, v *vm) error {
 
 // logf appends a console line; d.mu is held.
 func (d *Driver) logf(name string, v *vm, format string, args ...any) {
-	line := fmt.Sprintf("%s [fake] %s\n", d.clock.Now().UTC().Format(time.RFC3339Nano), fmt.Sprintf(format, args...))
+	tag := "fake"
+	if d.nodeID != 0 {
+		tag = fmt.Sprintf("fake node %d", d.nodeID)
+	}
+	line := fmt.Sprintf("%s [%s] %s\n", d.clock.Now().UTC().Format(time.RFC3339Nano), tag, fmt.Sprintf(format, args...))
 	v.log.WriteString(line)
 	if d.dir == "" {
 		// Bound memory: keep the last 64 KiB.
