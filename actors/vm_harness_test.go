@@ -67,6 +67,8 @@ type cluster struct {
 	replica *consensustest.Local
 	rand    Rand
 	base    string
+	// configure, when set, adjusts each node's supervisor config.
+	configure func(*VMSupervisorConfig)
 
 	mu    sync.Mutex
 	nodes map[uint64]*node
@@ -158,7 +160,7 @@ func (c *cluster) deliver(effects []consensus.Effect) {
 }
 
 func (c *cluster) config(id uint64, drv *fake.Driver, log *logBuffer) VMSupervisorConfig {
-	return VMSupervisorConfig{
+	cfg := VMSupervisorConfig{
 		NodeID:  id,
 		Driver:  drv,
 		Replica: countingReplica{c: c, r: c.replica},
@@ -166,6 +168,10 @@ func (c *cluster) config(id uint64, drv *fake.Driver, log *logBuffer) VMSupervis
 		Clock:   c.clock,
 		Rand:    c.rand,
 	}
+	if c.configure != nil {
+		c.configure(&cfg)
+	}
+	return cfg
 }
 
 // addNode starts node id's supervisor over drv (a new fake driver when nil).

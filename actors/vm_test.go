@@ -115,6 +115,7 @@ func TestBackoffIsCappedAndJittered(t *testing.T) {
 	}}}})
 	c.waitStatus("web", running)
 	nominal := []time.Duration{1, 2, 4, 8, 16, 32, 60, 60, 60}
+	jittered := 0
 	for i, w := range nominal {
 		crashWhenRunning(t, n.drv, "web", i+1)
 		p := c.waitPending(1)
@@ -123,7 +124,13 @@ func TestBackoffIsCappedAndJittered(t *testing.T) {
 		if p[0] <= lo || p[0] > hi {
 			t.Errorf("restart %d: backoff %v, want in (%v, %v]", i+1, p[0], lo, hi)
 		}
+		if p[0] != hi {
+			jittered++
+		}
 		c.clock.Advance(p[0])
+	}
+	if jittered == 0 {
+		t.Errorf("no backoff was jittered")
 	}
 }
 
@@ -428,5 +435,32 @@ func TestActorThatKeepsPanickingIsReportedFailed(t *testing.T) {
 	})
 	if got := n.drv.StartCount("web"); got != 1 {
 		t.Errorf("StartCount = %d, want 1", got)
+	}
+}
+
+func TestPeriodicReconcileRemovesOrphans(t *testing.T) {
+	c := newCluster(t, 1)
+	c.configure = func(cfg *VMSupervisorConfig) { cfg.ReconcileInterval = time.Minute }
+	n := c.addNode(1, nil)
+	c.create("web", 1, "")
+	c.waitStatus("web", running)
+	if p := c.waitPending(1); p[0] != time.Minute {
+		t.Fatalf("pending %v, want the 1m reconcile", p)
+	}
+	ctx := context.Background()
+	stray := microvm.Spec{Name: "stray", ID: 42}
+	if err := n.drv.Prepare(ctx, stray); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.drv.Start(ctx, stray); err != nil {
+		t.Fatal(err)
+	}
+	c.clock.Advance(time.Minute)
+	eventually(t, "stray removed", func() bool {
+		_, err := n.drv.Inspect(ctx, "stray")
+		return errors.Is(err, microvm.ErrNotFound)
+	})
+	if got := n.drv.StartCount("web"); got != 1 {
+		t.Errorf("StartCount(web) = %d, want 1", got)
 	}
 }
