@@ -1,0 +1,348 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blixard/blixard/actors"
+	"github.com/blixard/blixard/consensus"
+	"github.com/blixard/blixard/microvm/fake"
+	"github.com/blixard/blixard/microvm/qemu"
+)
+
+// runFlags are the flags of `blixard run`.
+type runFlags struct {
+	nodeID         uint64
+	dataDir        string
+	apiAddr        string
+	raftAddr       string
+	gossipAddr     string
+	initialCluster string
+	join           string
+	driver         string
+	accel          string
+	vcpus          uint32
+	memoryMB       uint64
+	dev            bool
+	logFormat      string
+	logLevel       string
+	stopVMsOnExit  bool
+}
+
+func (a *app) runCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a node agent",
+		Long: `Run a node agent: a Raft replica of the cluster state, the api actor that
+serves the CLI and Go clients, and the supervisor of the VMs placed on this
+host. It runs until SIGINT or SIGTERM, then shuts down cleanly; VMs keep
+running (unless --stop-vms-on-exit) and are re-adopted on the next start.
+
+Every initial member passes the same --initial-cluster (node id = Raft
+address). A node started without --initial-cluster and --join bootstraps a
+single-node cluster. --dev runs such a node on a temporary data dir with the
+fake driver.`,
+		Example: `  blixard run --dev
+  blixard run --node-id 1 --data-dir /var/lib/blixard --driver qemu \
+      --api-addr 10.0.0.1:7001 --raft-addr 10.0.0.1:7002 \
+      --initial-cluster 1=10.0.0.1:7002,2=10.0.0.2:7002,3=10.0.0.3:7002`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			// Flag values are checked before a.ran: bad ones are usage errors.
+			cfg, err := f.check(cmd)
+			if err != nil {
+				return err
+			}
+			a.ran = true
+			return a.runNode(cmd.Context(), f, cfg)
+		},
+	}
+	fl := cmd.Flags()
+	fl.Uint64Var(&f.nodeID, "node-id", 0, "this node's id, a positive integer unique in the cluster (required unless --dev)")
+	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/blixard", "directory for the Raft log, snapshots and VM state")
+	fl.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7001", "host:port of the api (clients and other nodes connect here)")
+	fl.StringVar(&f.raftAddr, "raft-addr", "127.0.0.1:7002", "host:port of Raft traffic")
+	fl.StringVar(&f.gossipAddr, "gossip-addr", "127.0.0.1:7003", "host:port of gossip membership (accepted and recorded; unused until gossip membership lands)")
+	fl.StringVar(&f.initialCluster, "initial-cluster", "", "initial members as id=raft-host:port,... (the same value on every initial member)")
+	fl.StringVar(&f.join, "join", "", "gossip address(es) of existing members, host:port[,host:port]: start as a replica the cluster adds (until gossip membership lands, the cluster must add it explicitly)")
+	fl.StringVar(&f.driver, "driver", "qemu", "VM driver: fake|qemu|nix (nix is not available in this build yet)")
+	fl.StringVar(&f.accel, "accel", "auto", "qemu acceleration: auto|kvm|tcg")
+	fl.Uint32Var(&f.vcpus, "vcpus", 0, "vCPUs this node offers to VMs (default: the host's CPUs)")
+	fl.Uint64Var(&f.memoryMB, "memory-mb", 0, "memory in MiB this node offers to VMs (default: the host's memory)")
+	fl.BoolVar(&f.dev, "dev", false, "development mode: single node 1, temporary data dir, fake driver")
+	fl.StringVar(&f.logFormat, "log-format", "auto", "log format: text|json|auto (text on a terminal, JSON otherwise)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug|info|warn|error")
+	fl.BoolVar(&f.stopVMsOnExit, "stop-vms-on-exit", false, "stop this node's VMs when the agent exits (default: leave them running for the next start to adopt)")
+	return cmd
+}
+
+// nodeSetup is what check derives from the flags.
+type nodeSetup struct {
+	members   map[uint64]string
+	joinAddrs []string
+	level     slog.Level
+	clusterID string
+}
+
+func (f *runFlags) check(cmd *cobra.Command) (nodeSetup, error) {
+	var s nodeSetup
+	if f.dev {
+		if f.nodeID == 0 {
+			f.nodeID = 1
+		}
+		if !cmd.Flags().Changed("driver") {
+			f.driver = "fake"
+		}
+		if f.initialCluster != "" || f.join != "" {
+			return s, usagef("--dev runs a single node: it takes no --initial-cluster or --join")
+		}
+	}
+	if f.nodeID == 0 {
+		return s, usagef("--node-id is required (a positive integer)")
+	}
+	for flag, v := range map[string]string{"api-addr": f.apiAddr, "raft-addr": f.raftAddr, "gossip-addr": f.gossipAddr} {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return s, usagef("invalid --%s %q: want host:port", flag, v)
+		}
+	}
+	if err := oneOf("driver", f.driver, []string{"fake", "qemu", "nix"}); err != nil {
+		return s, err
+	}
+	if err := oneOf("accel", f.accel, []string{"auto", "kvm", "tcg"}); err != nil {
+		return s, err
+	}
+	if err := oneOf("log-format", f.logFormat, []string{"auto", "text", "json"}); err != nil {
+		return s, err
+	}
+	if err := s.level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return s, usagef("invalid --log-level %q: want debug|info|warn|error", f.logLevel)
+	}
+	if f.initialCluster != "" && f.join != "" {
+		return s, usagef("--initial-cluster and --join exclude each other")
+	}
+	if f.initialCluster != "" {
+		m, err := parseInitialCluster(f.initialCluster)
+		if err != nil {
+			return s, err
+		}
+		if _, ok := m[f.nodeID]; !ok {
+			return s, usagef("--initial-cluster does not list --node-id %d", f.nodeID)
+		}
+		if m[f.nodeID] != f.raftAddr && cmd.Flags().Changed("raft-addr") {
+			return s, usagef("--initial-cluster gives node %d the raft address %s but --raft-addr is %s", f.nodeID, m[f.nodeID], f.raftAddr)
+		}
+		f.raftAddr = m[f.nodeID]
+		s.members = m
+		s.clusterID = clusterIDFor(m)
+	}
+	if f.join != "" {
+		for _, p := range strings.Split(f.join, ",") {
+			p = strings.TrimSpace(p)
+			if _, _, err := net.SplitHostPort(p); err != nil {
+				return s, usagef("invalid --join address %q: want host:port", p)
+			}
+			s.joinAddrs = append(s.joinAddrs, p)
+		}
+	}
+	return s, nil
+}
+
+// parseInitialCluster parses "1=host:port,2=host:port".
+func parseInitialCluster(v string) (map[uint64]string, error) {
+	m := make(map[uint64]string)
+	seen := make(map[string]uint64)
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		idStr, addr, ok := strings.Cut(part, "=")
+		id, err := strconv.ParseUint(idStr, 10, 64)
+		if !ok || err != nil || id == 0 {
+			return nil, usagef("invalid --initial-cluster entry %q: want id=host:port with a positive id", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, usagef("invalid --initial-cluster entry %q: want id=host:port", part)
+		}
+		if _, dup := m[id]; dup {
+			return nil, usagef("--initial-cluster lists node %d twice", id)
+		}
+		if other, dup := seen[addr]; dup {
+			return nil, usagef("--initial-cluster gives nodes %d and %d the same address %s", other, id, addr)
+		}
+		m[id], seen[addr] = addr, id
+	}
+	if len(m) == 0 {
+		return nil, usagef("--initial-cluster is empty")
+	}
+	return m, nil
+}
+
+// clusterIDFor derives the cluster id from the initial members, so that
+// every initial member proposes the same one.
+func clusterIDFor(m map[uint64]string) string {
+	ids := make([]uint64, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	h := sha256.New()
+	for _, id := range ids {
+		fmt.Fprintf(h, "%d=%s,", id, m[id])
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+func (a *app) newLogger(f runFlags, level slog.Level) *slog.Logger {
+	format := f.logFormat
+	if format == "auto" {
+		format = "json"
+		if isTerminal(a.stderr) {
+			format = "text"
+		}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(a.stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(a.stderr, opts))
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
+	log := a.newLogger(f, s.level)
+	dataDir := f.dataDir
+	if f.dev {
+		d, err := os.MkdirTemp("", "blixard-dev-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dataDir = d
+	}
+	if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	vcpus, mem := f.vcpus, f.memoryMB
+	if vcpus == 0 {
+		vcpus = uint32(runtime.NumCPU())
+	}
+	if mem == 0 {
+		m, err := hostMemoryMB()
+		if err != nil {
+			return fmt.Errorf("detecting host memory (pass --memory-mb): %w", err)
+		}
+		mem = m
+	}
+
+	var driver actors.Driver
+	switch f.driver {
+	case "fake":
+		d, err := fake.New(filepath.Join(dataDir, "fake"), fake.WithNodeID(f.nodeID))
+		if err != nil {
+			return err
+		}
+		driver = d
+	case "qemu":
+		d, err := qemu.New(qemu.Options{Dir: filepath.Join(dataDir, "vms"), Accel: qemu.Accel(f.accel), Logger: log})
+		if err != nil {
+			return err
+		}
+		driver = d
+	case "nix":
+		return fmt.Errorf("driver nix is not available in this build yet; use --driver qemu or --driver fake")
+	}
+
+	if len(s.joinAddrs) > 0 {
+		log.Warn("joining: gossip membership is not implemented yet; this replica waits until the cluster adds it as a member", "join", s.joinAddrs)
+	}
+	node, err := actors.StartNode(actors.NodeConfig{
+		NodeID:     f.nodeID,
+		APIAddr:    f.apiAddr,
+		RaftAddr:   f.raftAddr,
+		GossipAddr: f.gossipAddr,
+		Vcpus:      vcpus,
+		MemoryMB:   mem,
+		Version:    Version,
+		ClusterID:  s.clusterID,
+		Driver:     driver,
+		Logger:     log,
+		StartReplica: func(onEffects func([]consensus.Effect), onRestore func()) (actors.NodeReplica, error) {
+			return consensus.StartReplica(consensus.ReplicaConfig{
+				ReplicaID:      f.nodeID,
+				DataDir:        dataDir,
+				RaftAddr:       f.raftAddr,
+				InitialMembers: s.members,
+				Join:           len(s.joinAddrs) > 0,
+				Logger:         log,
+				OnEffects:      onEffects,
+				OnRestore:      onRestore,
+			})
+		},
+		StopVMsOnExit: f.stopVMsOnExit,
+	})
+	if err != nil {
+		if c, ok := driver.(actors.DriverCloser); ok {
+			c.Close()
+		}
+		return err
+	}
+	select {
+	case <-node.Ready():
+		log.Info("node ready", "api_addr", node.Addr())
+		if f.dev {
+			fmt.Fprintf(a.stdout, "blixard dev node ready: api %s (try: blixard vm create web --wait)\n", node.Addr())
+		}
+		<-ctx.Done()
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	closeCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return node.Close(closeCtx)
+}
+
+// hostMemoryMB reads MemTotal from /proc/meminfo.
+func hostMemoryMB() (uint64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kb, err := strconv.ParseUint(fields[1], 10, 64)
+			if err != nil {
+				return 0, err
+			}
+			return kb / 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no MemTotal in /proc/meminfo")
+}
