@@ -260,9 +260,9 @@ func TestReconcileAdoptsStartsAndRemoves(t *testing.T) {
 	n := c.addNode(1, drv) // reconciles on start
 	c.waitStatus("adopt", running)
 	c.waitStatus("missing", running)
-	eventually(t, "orphan destroyed", func() bool {
+	eventually(t, "orphan destroyed and its actor gone", func() bool {
 		_, err := drv.Inspect(ctx, "orphan")
-		return errors.Is(err, microvm.ErrNotFound)
+		return errors.Is(err, microvm.ErrNotFound) && len(c.localVMs(n)) == 2
 	})
 	if got := drv.StartCount("adopt"); got != 1 {
 		t.Errorf("StartCount(adopt) = %d, want 1 (adopted, not restarted)", got)
@@ -456,9 +456,9 @@ func TestPeriodicReconcileRemovesOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.clock.Advance(time.Minute)
-	eventually(t, "stray removed", func() bool {
+	eventually(t, "stray removed and its actor gone", func() bool {
 		_, err := n.drv.Inspect(ctx, "stray")
-		return errors.Is(err, microvm.ErrNotFound)
+		return errors.Is(err, microvm.ErrNotFound) && len(c.localVMs(n)) == 1
 	})
 	if got := n.drv.StartCount("web"); got != 1 {
 		t.Errorf("StartCount(web) = %d, want 1", got)
