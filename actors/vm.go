@@ -104,7 +104,33 @@ func newVMActor(env *vmEnv, rec *blixardpb.VmRecord, remove bool) *vmActor {
 	a := &vmActor{env: env, name: rec.GetSpec().GetName()}
 	a.setRecord(rec, remove)
 	a.restarts.reset(policyOf(rec.GetSpec().GetRestart()))
+	a.restarts.total = rec.GetRestarts()
+	a.lastStatus = a.recordedStatus()
+	if rec.GetDesired() == blixardpb.DesiredState_DESIRED_RUNNING {
+		switch st := rec.GetStatus(); st {
+		case blixardpb.VmStatus_VM_STATUS_FAILED, blixardpb.VmStatus_VM_STATUS_STOPPED:
+			// An earlier agent's restart policy gave up on (or declined)
+			// this generation: a new agent keeps it down unless it runs.
+			a.down = &decision{status: st, message: rec.GetMessage()}
+		}
+	}
 	return a
+}
+
+// recordedStatus is what the cluster state already says about the VM, so
+// an observation that matches it (a re-adopted VM still running after an
+// agent restart) is not proposed again.
+func (a *vmActor) recordedStatus() vmStatus {
+	return vmStatus{
+		name:       a.name,
+		id:         a.rec.GetId(),
+		generation: a.rec.GetGeneration(),
+		desired:    a.rec.GetDesired(),
+		status:     a.rec.GetStatus(),
+		restarts:   a.rec.GetRestarts(),
+		message:    a.rec.GetMessage(),
+		removing:   a.remove,
+	}
 }
 
 func vmProps(a *vmActor) *actor.Props {
@@ -210,6 +236,7 @@ func (a *vmActor) update(c actor.Context, m *vmUpdate) {
 		// history and whatever kept the VM down.
 		a.restarts.reset(policyOf(rec.GetSpec().GetRestart()))
 		a.down = nil
+		a.lastStatus = a.recordedStatus()
 		if a.timerStop != nil && !a.waitRetry {
 			a.stopTimer() // a pending restart: act now instead
 		}

@@ -288,6 +288,7 @@ func TestAgentRestartRecoversRunningVMs(t *testing.T) {
 		t.Fatalf("stopping the agent stopped the VMs: running %v", r)
 	}
 
+	reports := c.proposalCount("web")
 	drv2 := c.newDriver(dir)
 	n := c.addNode(1, drv2)
 	eventually(t, "web re-adopted", func() bool {
@@ -299,6 +300,34 @@ func TestAgentRestartRecoversRunningVMs(t *testing.T) {
 	}
 	if runs := drv2.Runs("web"); len(runs) != 1 || !runs[0].Running() {
 		t.Errorf("runs = %+v, want the original run", runs)
+	}
+	if got := c.proposalCount("web"); got != reports {
+		t.Errorf("the new agent proposed %d status reports for web; the state already said running", got-reports)
+	}
+}
+
+func TestNewAgentKeepsFailedVMDown(t *testing.T) {
+	c := newCluster(t, 1)
+	dir := c.tempDir()
+	drv := c.newDriver(dir)
+	c.addNode(1, drv)
+	c.create("web", 1, "never")
+	c.waitStatus("web", running)
+	crashWhenRunning(t, drv, "web", 1)
+	c.waitStatus("web", failed)
+	c.stopNode(1)
+
+	drv2 := c.newDriver(dir)
+	n := c.addNode(1, drv2)
+	if res := c.reconcile(n); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	eventually(t, "the new agent's view of web", func() bool {
+		vms := c.localVMs(n)
+		return len(vms) == 1 && vms[0].Status == failed
+	})
+	if got := drv2.StartCount("web"); got != 0 {
+		t.Errorf("the new agent restarted a failed VM %d times", got)
 	}
 }
 
