@@ -259,4 +259,3 @@ func TestProbeBootsUnderTCG(t *testing.T) {
 	}
 	t.Logf("TCG probe boot to panic and exit: %s", time.Since(start).Round(time.Millisecond))
 }
-
