@@ -22,7 +22,7 @@ import (
 // testCluster runs replicas in this process on 127.0.0.1, each with its
 // own NodeHost, data dir and port, the way separate hosts would.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	tweak func(*ReplicaConfig)
 
 	mu       sync.Mutex
@@ -46,7 +46,7 @@ func verifyNoLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -61,7 +61,7 @@ func freeAddr(t *testing.T) string {
 
 // newTestCluster starts n replicas (ids 1..n) bootstrapped together and
 // waits until every one of them is ready.
-func newTestCluster(t *testing.T, n int, tweak func(*ReplicaConfig)) *testCluster {
+func newTestCluster(t testing.TB, n int, tweak func(*ReplicaConfig)) *testCluster {
 	t.Helper()
 	c := &testCluster{
 		t:        t,
@@ -205,7 +205,7 @@ func (c *testCluster) follower() *Replica {
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(5 * time.Millisecond)
@@ -242,7 +242,7 @@ func propose(r *Replica, cmd *blixardpb.Command) (*blixardpb.Result, error) {
 	}
 }
 
-func mustPropose(t *testing.T, r *Replica, cmd *blixardpb.Command) *blixardpb.Result {
+func mustPropose(t testing.TB, r *Replica, cmd *blixardpb.Command) *blixardpb.Result {
 	t.Helper()
 	res, err := propose(r, cmd)
 	if err != nil {
@@ -471,6 +471,19 @@ func TestClusterLifecycle(t *testing.T) {
 	old := c.leader()
 	_, oldTerm, _ := old.LeaderID()
 	c.stop(old.ID())
+	// The first write after the crash, through a survivor that still
+	// believes in the dead leader: its proposal is forwarded into the void
+	// until the election, then proposed again to the new leader.
+	stopped := time.Now()
+	survivor := c.replicas()[0]
+	if _, err := l.tryCreate(survivor, "first-after-crash"); err != nil {
+		t.Fatal(err)
+	}
+	gap := time.Since(stopped)
+	t.Logf("write gap after the leader crashed: %v", gap)
+	if gap > 5*time.Second {
+		t.Errorf("the first write after the leader crashed took %v", gap)
+	}
 	nl := c.leader()
 	if nl.ID() == old.ID() {
 		t.Fatalf("replica %d is still the leader after it stopped", old.ID())

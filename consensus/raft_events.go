@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"github.com/lni/dragonboat/v4/raftio"
@@ -12,6 +13,9 @@ import (
 // method only logs or bumps a counter, so it never delays that goroutine.
 type raftEvents struct {
 	log *slog.Logger
+
+	mu       sync.Mutex
+	leaderCh chan struct{} // closed when the next leader is elected
 
 	snapshotsCreated  atomic.Uint64
 	snapshotsReceived atomic.Uint64
@@ -29,6 +33,23 @@ func (e *raftEvents) LeaderUpdated(info raftio.LeaderInfo) {
 		return
 	}
 	e.log.Info("raft leader elected", "leader", info.LeaderID, "term", info.Term)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.leaderCh != nil {
+		close(e.leaderCh)
+		e.leaderCh = nil
+	}
+}
+
+// nextLeader returns a channel that is closed when a leader is next
+// elected (or re-confirmed after a leader change).
+func (e *raftEvents) nextLeader() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.leaderCh == nil {
+		e.leaderCh = make(chan struct{})
+	}
+	return e.leaderCh
 }
 
 func (e *raftEvents) NodeHostShuttingDown()                       {}

@@ -144,6 +144,40 @@ func (c *ReplicaConfig) setDefaults() error {
 	return nil
 }
 
+// nodeHostConfig is the dragonboat NodeHost configuration for cfg.
+func (c *ReplicaConfig) nodeHostConfig(events *raftEvents) dbconfig.NodeHostConfig {
+	return dbconfig.NodeHostConfig{
+		NodeHostDir:         filepath.Join(c.DataDir, "raft"),
+		RTTMillisecond:      c.RTTMillisecond,
+		RaftAddress:         c.RaftAddr,
+		RaftEventListener:   events,
+		SystemEventListener: events,
+		Expert: dbconfig.ExpertConfig{
+			LogDB: raftLogDBConfig(),
+		},
+	}
+}
+
+// shardConfig is the dragonboat configuration of the shard's replica.
+// CheckQuorum makes a leader that lost its quorum step down (agents rely
+// on that to fence themselves); PreVote keeps a replica returning from a
+// partition from disrupting a healthy leader; OrderedConfigChange makes
+// membership changes fail instead of acting on a stale membership.
+func (c *ReplicaConfig) shardConfig() dbconfig.Config {
+	return dbconfig.Config{
+		ReplicaID:           c.ReplicaID,
+		ShardID:             c.ShardID,
+		CheckQuorum:         true,
+		PreVote:             true,
+		ElectionRTT:         c.ElectionRTT,
+		HeartbeatRTT:        c.HeartbeatRTT,
+		SnapshotEntries:     c.SnapshotEntries,
+		CompactionOverhead:  c.CompactionOverhead,
+		OrderedConfigChange: true,
+		IsNonVoting:         c.NonVoting,
+	}
+}
+
 // raftLogDBConfig keeps the Raft log store small: a single Pebble
 // instance (blixard runs one shard per process) with 4 MiB memtables,
 // about 16 MiB of write buffers in total instead of dragonboat's default
@@ -190,16 +224,7 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 		return nil, fmt.Errorf("starting replica: %w", err)
 	}
 	events := &raftEvents{log: log}
-	nh, err := dragonboat.NewNodeHost(dbconfig.NodeHostConfig{
-		NodeHostDir:         filepath.Join(cfg.DataDir, "raft"),
-		RTTMillisecond:      cfg.RTTMillisecond,
-		RaftAddress:         cfg.RaftAddr,
-		RaftEventListener:   events,
-		SystemEventListener: events,
-		Expert: dbconfig.ExpertConfig{
-			LogDB: raftLogDBConfig(),
-		},
-	})
+	nh, err := dragonboat.NewNodeHost(cfg.nodeHostConfig(events))
 	if err != nil {
 		return nil, fmt.Errorf("starting raft node host on %s: %w", cfg.RaftAddr, err)
 	}
@@ -235,18 +260,7 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 		}
 		mode = "bootstrap"
 	}
-	err = nh.StartReplica(members, join, func(uint64, uint64) sm.IStateMachine { return r.sm }, dbconfig.Config{
-		ReplicaID:           cfg.ReplicaID,
-		ShardID:             cfg.ShardID,
-		CheckQuorum:         true,
-		PreVote:             true,
-		ElectionRTT:         cfg.ElectionRTT,
-		HeartbeatRTT:        cfg.HeartbeatRTT,
-		SnapshotEntries:     cfg.SnapshotEntries,
-		CompactionOverhead:  cfg.CompactionOverhead,
-		OrderedConfigChange: true,
-		IsNonVoting:         cfg.NonVoting,
-	})
+	err = nh.StartReplica(members, join, func(uint64, uint64) sm.IStateMachine { return r.sm }, cfg.shardConfig())
 	if err != nil {
 		nh.Close()
 		return nil, fmt.Errorf("starting raft replica %d (%s): %w", cfg.ReplicaID, mode, err)
@@ -278,7 +292,11 @@ func (r *Replica) Close() error {
 // (no quorum, no leader, closing, context ended); retry with the same
 // request id. Typed failures of the command come back in Result.Error.
 // Proposals dropped before reaching the log (no leader known yet) are
-// retried until the context ends.
+// retried until the context ends. When a new leader is elected while a
+// proposal is in flight (it may have been forwarded to a leader that
+// died), a command with a request id is proposed again right away: the
+// state machine's request table makes the duplicate harmless. Without a
+// request id Propose keeps waiting, as a retry could apply it twice.
 func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, error) {
 	data, err := proto.Marshal(cmd)
 	if err != nil {
@@ -289,15 +307,13 @@ func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixard
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	var res sm.Result
-	err = r.retryDropped(ctx, func(ctx context.Context) error {
-		var err error
-		res, err = r.nh.SyncPropose(ctx, r.session, data)
-		return err
+	rs, res, err := r.await(ctx, cmd.GetRequestId() != "", func(timeout time.Duration) (*dragonboat.RequestState, error) {
+		return r.nh.Propose(r.session, data, timeout)
 	})
 	if err != nil {
 		return nil, raftUnavailable("proposal", err)
 	}
+	rs.Release()
 	out := &blixardpb.Result{}
 	if err := proto.Unmarshal(res.Data, out); err != nil {
 		return nil, fmt.Errorf("decoding result: %w", err)
@@ -325,14 +341,82 @@ func (r *Replica) Read(ctx context.Context, stale bool, fn func(*State)) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	err := r.retryDropped(ctx, func(ctx context.Context) error {
-		_, err := r.nh.SyncRead(ctx, r.cfg.ShardID, stateQuery(fn))
-		return err
+	rs, _, err := r.await(ctx, true, func(timeout time.Duration) (*dragonboat.RequestState, error) {
+		return r.nh.ReadIndex(r.cfg.ShardID, timeout)
 	})
 	if err != nil {
 		return raftUnavailable("read", err)
 	}
+	_, err = r.nh.ReadLocalNode(rs, stateQuery(fn))
+	rs.Release()
+	if err != nil {
+		return raftUnavailable("read", err)
+	}
 	return nil
+}
+
+// await starts a request with start and waits for its outcome. Requests
+// dropped before entering the log (no leader, system busy) are started
+// again after a short backoff. When retryOnNewLeader is set and a leader
+// is elected while the request is pending, it is started again at once
+// instead of waiting for a reply that may never come. The context ends
+// the wait; dragonboat then expires the request on its own.
+func (r *Replica) await(ctx context.Context, retryOnNewLeader bool,
+	start func(time.Duration) (*dragonboat.RequestState, error)) (*dragonboat.RequestState, sm.Result, error) {
+	backoff := 5 * time.Millisecond
+	for {
+		if r.closed.Load() {
+			return nil, sm.Result{}, dragonboat.ErrClosed
+		}
+		deadline, _ := ctx.Deadline()
+		timeout := time.Until(deadline)
+		if timeout <= 0 {
+			return nil, sm.Result{}, dragonboat.ErrTimeout
+		}
+		var newLeader <-chan struct{}
+		if retryOnNewLeader {
+			newLeader = r.events.nextLeader()
+		}
+		rs, err := start(timeout)
+		if err == nil {
+			var res dragonboat.RequestResult
+			select {
+			case res = <-rs.ResultC():
+			case <-newLeader:
+				r.log.Debug("raft leader changed while a request was pending: retrying")
+				continue
+			case <-ctx.Done():
+				if errors.Is(ctx.Err(), context.Canceled) {
+					return nil, sm.Result{}, dragonboat.ErrCanceled
+				}
+				return nil, sm.Result{}, dragonboat.ErrTimeout
+			}
+			switch {
+			case res.Completed():
+				return rs, res.GetResult(), nil
+			case res.Dropped():
+				err = dragonboat.ErrShardNotReady
+			case res.Timeout():
+				return nil, sm.Result{}, dragonboat.ErrTimeout
+			case res.Terminated():
+				return nil, sm.Result{}, dragonboat.ErrShardClosed
+			case res.Rejected():
+				return nil, sm.Result{}, dragonboat.ErrRejected
+			case res.Aborted():
+				return nil, sm.Result{}, dragonboat.ErrAborted
+			default:
+				return nil, sm.Result{}, fmt.Errorf("unexpected raft request outcome %v", res)
+			}
+		}
+		if !errors.Is(err, dragonboat.ErrShardNotReady) && !errors.Is(err, dragonboat.ErrSystemBusy) &&
+			!errors.Is(err, dragonboat.ErrShardNotInitialized) {
+			return nil, sm.Result{}, err
+		}
+		if !sleepCtx(ctx, backoff) {
+			return nil, sm.Result{}, err
+		}
+		backoff = min(2*backoff, 100*time.Millisecond)
+	}
 }
 
 // WaitReady blocks until a leader is known and this replica has applied

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -188,6 +189,66 @@ func TestReplicaEffectsOnlyForLocalNode(t *testing.T) {
 	case effs := <-got:
 		t.Fatalf("unexpected further effects: %+v", effs)
 	default:
+	}
+}
+
+// TestReplicaConcurrentReadsAndWrites runs reads (both kinds), writes
+// and snapshots at once; under -race it proves Lookup never overlaps
+// Update. Linearizable reads must never go back in time.
+func TestReplicaConcurrentReadsAndWrites(t *testing.T) {
+	verifyNoLeaks(t)
+	r := startSingle(t, ReplicaConfig{SnapshotEntries: 10, CompactionOverhead: 5})
+	mustPropose(t, r, upsertNodeCmd(1))
+	const writers, perWriter = 4, 25
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := 0; w < writers; w++ {
+		wg.Go(func() {
+			for i := 0; i < perWriter; i++ {
+				if _, err := propose(r, createVMCmd(fmt.Sprintf("w%d-%02d", w, i))); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	var readers sync.WaitGroup
+	for rd := 0; rd < 4; rd++ {
+		readers.Go(func() {
+			stale := rd%2 == 1
+			last := 0
+			for !done.Load() {
+				n := 0
+				err := r.Read(context.Background(), stale, func(s *State) {
+					n = len(s.VMs())
+					_ = s.Nodes()
+					_ = s.NodeUsage(1)
+				})
+				if err != nil {
+					errs <- fmt.Errorf("read (stale %t): %w", stale, err)
+					return
+				}
+				if !stale && n < last {
+					errs <- fmt.Errorf("linearizable read saw %d vms after seeing %d", n, last)
+					return
+				}
+				last = n
+			}
+		})
+	}
+	wg.Wait()
+	done.Store(true)
+	readers.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := len(vmNames(t, r, false)); got != writers*perWriter {
+		t.Errorf("%d vms after the writes, want %d", got, writers*perWriter)
+	}
+	if r.events.snapshotsCreated.Load() == 0 {
+		t.Error("no snapshot was taken during the run")
 	}
 }
 
