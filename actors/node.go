@@ -55,6 +55,9 @@ type NodeConfig struct {
 	// should pass the same value, so that whichever proposes first wins
 	// with the same answer.
 	ClusterID string
+	// Subnet is the VM subnet proposed with the cluster id (empty: the
+	// state machine's default, 10.0.0.0/24).
+	Subnet string
 
 	// Driver runs this node's VMs. Required.
 	Driver Driver
@@ -293,7 +296,7 @@ func (n *Node) initCluster(ctx context.Context) error {
 	}
 	res, err := n.replica.Propose(ctx, &blixardpb.Command{
 		RequestId: "init-cluster-" + cid,
-		Op:        &blixardpb.Command_InitCluster{InitCluster: &blixardpb.InitCluster{Config: &blixardpb.ClusterConfig{ClusterId: cid}}},
+		Op:        &blixardpb.Command_InitCluster{InitCluster: &blixardpb.InitCluster{Config: &blixardpb.ClusterConfig{ClusterId: cid, Subnet: n.cfg.Subnet}}},
 	})
 	if err != nil {
 		return err

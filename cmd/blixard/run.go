@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -42,6 +43,7 @@ type runFlags struct {
 	logFormat      string
 	logLevel       string
 	stopVMsOnExit  bool
+	subnet         string
 }
 
 func (a *app) runCmd() *cobra.Command {
@@ -88,6 +90,7 @@ fake driver.`,
 	fl.BoolVar(&f.dev, "dev", false, "development mode: single node 1, temporary data dir, fake driver")
 	fl.StringVar(&f.logFormat, "log-format", "auto", "log format: text|json|auto (text on a terminal, JSON otherwise)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug|info|warn|error")
+	fl.StringVar(&f.subnet, "subnet", "", "IPv4 CIDR for VM addresses, applied when this node initialises a new cluster (default 10.0.0.0/24)")
 	fl.BoolVar(&f.stopVMsOnExit, "stop-vms-on-exit", false, "stop this node's VMs when the agent exits (default: leave them running for the next start to adopt)")
 	return cmd
 }
@@ -132,6 +135,11 @@ func (f *runFlags) check(cmd *cobra.Command) (nodeSetup, error) {
 	}
 	if err := s.level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return s, usagef("invalid --log-level %q: want debug|info|warn|error", f.logLevel)
+	}
+	if f.subnet != "" {
+		if _, err := netip.ParsePrefix(f.subnet); err != nil {
+			return s, usagef("invalid --subnet %q: want an IPv4 CIDR such as 10.0.0.0/16", f.subnet)
+		}
 	}
 	if f.initialCluster != "" && f.join != "" {
 		return s, usagef("--initial-cluster and --join exclude each other")
@@ -289,6 +297,7 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 		MemoryMB:   mem,
 		Version:    Version,
 		ClusterID:  s.clusterID,
+		Subnet:     f.subnet,
 		Driver:     driver,
 		Logger:     log,
 		StartReplica: func(onEffects func([]consensus.Effect), onRestore func()) (actors.NodeReplica, error) {
