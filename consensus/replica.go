@@ -29,7 +29,7 @@ import (
 // trigger elections.
 const (
 	DefaultShardID            = 1
-	DefaultSnapshotEntries    = 1000
+	DefaultSnapshotEntries    = 10000
 	DefaultCompactionOverhead = 500
 	DefaultRTTMillisecond     = 10
 	DefaultElectionRTT        = 20
@@ -298,7 +298,7 @@ func (r *Replica) Close() error {
 // state machine's request table makes the duplicate harmless. Without a
 // request id Propose keeps waiting, as a retry could apply it twice.
 func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, error) {
-	data, err := proto.Marshal(cmd)
+	data, err := proto.MarshalOptions{}.MarshalAppend(encodeEntry(r.cfg.ReplicaID), cmd)
 	if err != nil {
 		return nil, fmt.Errorf("marshalling command: %w", err)
 	}

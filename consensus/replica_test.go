@@ -448,6 +448,30 @@ func TestRaftLoggerLevels(t *testing.T) {
 	installRaftLogger(nil)
 }
 
+// TestEntryEnvelope: entries carry their proposer; bare commands and
+// malformed envelopes reach apply unchanged.
+func TestEntryEnvelope(t *testing.T) {
+	cmd, err := proto.Marshal(createVMCmd("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proposer, got := decodeEntry(append(encodeEntry(300), cmd...))
+	if proposer != 300 || !bytes.Equal(got, cmd) {
+		t.Errorf("envelope: proposer %d, command %x; want 300, %x", proposer, got, cmd)
+	}
+	if proposer, got := decodeEntry(cmd); proposer != 0 || !bytes.Equal(got, cmd) {
+		t.Errorf("bare command: proposer %d, command %x; want 0 and the input", proposer, got)
+	}
+	bad := []byte{entryEnvelope, 0xff}
+	if proposer, got := decodeEntry(bad); proposer != 0 || !bytes.Equal(got, bad) {
+		t.Errorf("malformed envelope: proposer %d, command %x; want 0 and the input", proposer, got)
+	}
+	s := NewState()
+	if res, _ := s.ApplyBytes(1, bad); res.GetError().GetCode() != blixardpb.Code_INVALID_ARGUMENT {
+		t.Errorf("apply of a malformed envelope: %v, want INVALID_ARGUMENT", res)
+	}
+}
+
 // TestProposeAppendsTimeField: appending the time field to an encoded
 // command is the same as setting it.
 func TestProposeAppendsTimeField(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -46,17 +47,50 @@ var _ sm.IStateMachine = (*raftSM)(nil)
 // dragonboat's read lock.
 type stateQuery func(*State)
 
-// Update applies one committed command. The entry's Cmd is a marshalled
-// blixardpb.Command; the returned Result.Data is the marshalled
-// blixardpb.Result, and Result.Value is its error code.
+// A Raft entry holds either a bare marshalled blixardpb.Command or an
+// envelope: the byte 0x00, the proposing replica's id as a uvarint, then
+// the marshalled Command. No protobuf message starts with a zero byte
+// (field number 0 is invalid), so the two never mix up. The envelope lets
+// only the proposing replica encode the Result its caller waits for; the
+// others skip that work. Apply sees the same command bytes either way.
+const entryEnvelope = 0x00
+
+// encodeEntry starts an envelope entry for proposer; the caller appends
+// the marshalled command.
+func encodeEntry(proposer uint64) []byte {
+	return protowire.AppendVarint([]byte{entryEnvelope}, proposer)
+}
+
+// decodeEntry splits an entry into its proposer (0 when unknown) and
+// command bytes. A malformed envelope is handed to apply as it is, which
+// rejects it as an undecodable command on every replica alike.
+func decodeEntry(data []byte) (proposer uint64, cmd []byte) {
+	if len(data) == 0 || data[0] != entryEnvelope {
+		return 0, data
+	}
+	id, n := protowire.ConsumeVarint(data[1:])
+	if n < 0 {
+		return 0, data
+	}
+	return id, data[1+n:]
+}
+
+// Update applies one committed command. The returned Result.Value is the
+// result's error code; Result.Data is the marshalled blixardpb.Result when
+// this replica proposed the entry (or the proposer is unknown), and empty
+// otherwise.
 func (m *raftSM) Update(e sm.Entry) (sm.Result, error) {
-	res, effects := m.state.ApplyBytes(e.Index, e.Cmd)
+	proposer, cmd := decodeEntry(e.Cmd)
+	res, effects := m.state.ApplyBytes(e.Index, cmd)
 	m.applied.Store(e.Index)
-	data, err := proto.Marshal(res)
-	if err != nil {
-		// A Result that cannot be marshalled is a broken invariant of
-		// State; dragonboat halts the replica on an Update error.
-		return sm.Result{}, fmt.Errorf("marshalling result of entry %d: %w", e.Index, err)
+	var data []byte
+	if proposer == 0 || proposer == m.replicaID {
+		var err error
+		if data, err = proto.Marshal(res); err != nil {
+			// A Result that cannot be marshalled is a broken invariant
+			// of State; dragonboat halts the replica on an Update error.
+			return sm.Result{}, fmt.Errorf("marshalling result of entry %d: %w", e.Index, err)
+		}
 	}
 	if m.onEffects != nil && len(effects) > 0 {
 		mine := effects[:0:0]
