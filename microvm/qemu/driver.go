@@ -66,19 +66,30 @@ type vm struct {
 
 	mu   sync.Mutex
 	spec microvm.Spec
-	// proc is the current or last process; running is true until its exit
-	// has been recorded in exit.
-	proc    Process
-	running bool
-	exited  chan struct{} // closed when the current process's exit is recorded
-	exit    *microvm.Exit
-	// stopping explains a requested stop ("stopped", "destroyed"); the
-	// exit that follows is clean.
-	stopping string
+	// cur is the current or last run started (or adopted) by this driver.
+	cur *run
+	// recorded is the exit a previous driver recorded (exit.json), for
+	// Wait before this driver runs the VM.
+	recorded *microvm.Exit
+}
+
+// run is one qemu process of a VM.
+type run struct {
+	proc Process
 	// logStart is the console log size when the process started: the
 	// exit classification reads only this run's output.
 	logStart int64
+	// exited is closed once exit is set.
+	exited chan struct{}
+	exit   microvm.Exit
+	// Guarded by vm.mu: done is set with exit; stopping explains a
+	// requested stop ("stopped", "destroyed"), which makes the exit clean.
+	done     bool
+	stopping string
 }
+
+// running reports whether v's current run is alive. Called with v.mu held.
+func (v *vm) running() bool { return v.cur != nil && !v.cur.done }
 
 // New returns a driver keeping its state under opts.Dir. VMs that a
 // previous driver left running are found again by List, Inspect, Recover.
@@ -144,7 +155,7 @@ func (d *Driver) lookup(name string) (*vm, error) {
 	v := &vm{name: name, dir: dir, spec: spec}
 	var last microvm.Exit
 	if err := readJSON(filepath.Join(dir, exitFile), &last); err == nil {
-		v.exit = &last
+		v.recorded = &last
 	}
 	p, ok, err := d.sup.Adopt(d.life, dir)
 	if err != nil {
@@ -152,22 +163,17 @@ func (d *Driver) lookup(name string) (*vm, error) {
 	}
 	if ok {
 		d.log.Info("qemu: re-adopted running vm", "vm", name, "pid", p.PID())
-		v.logStart = fileSize(filepath.Join(dir, consoleFile))
-		d.watch(v, p)
+		d.watch(v, p, fileSize(filepath.Join(dir, consoleFile)))
 	}
 	d.vms[name] = v
 	return v, nil
 }
 
-// watch makes p v's current process and records its exit when it ends.
-// The caller holds v.mu or owns v exclusively.
-func (d *Driver) watch(v *vm, p Process) {
-	v.proc = p
-	v.running = true
-	v.stopping = ""
-	v.exit = nil
-	exited := make(chan struct{})
-	v.exited = exited
+// watch makes p v's current run and records its exit when it ends. The
+// caller holds v.mu or owns v exclusively.
+func (d *Driver) watch(v *vm, p Process, logStart int64) *run {
+	r := &run{proc: p, logStart: logStart, exited: make(chan struct{})}
+	v.cur = r
 	go func() {
 		select {
 		case <-p.Done():
@@ -175,31 +181,31 @@ func (d *Driver) watch(v *vm, p Process) {
 			return
 		}
 		v.mu.Lock()
-		e := d.classify(v, p.Status())
-		v.exit = &e
-		v.running = false
+		r.exit = d.classify(v, r, p.Status())
+		r.done = true
 		v.mu.Unlock()
-		if err := writeJSON(filepath.Join(v.dir, exitFile), e); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := writeJSON(filepath.Join(v.dir, exitFile), r.exit); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("qemu: recording exit", "vm", v.name, "err", err)
 		}
 		os.Remove(filepath.Join(v.dir, pidFile))
-		d.log.Info("qemu: vm exited", "vm", v.name, "reason", e.Reason, "clean", e.Clean)
-		close(exited)
+		d.log.Info("qemu: vm exited", "vm", v.name, "reason", r.exit.Reason, "clean", r.exit.Clean)
+		close(r.exited)
 	}()
+	return r
 }
 
 // classify turns a process status into an Exit. A requested stop is clean.
 // Otherwise the run's console output tells a guest poweroff (clean) from
 // a guest reboot or kernel panic (which end qemu with code 0 too, because
 // of -no-reboot and panic=-1). Called with v.mu held.
-func (d *Driver) classify(v *vm, st ProcessStatus) microvm.Exit {
+func (d *Driver) classify(v *vm, r *run, st ProcessStatus) microvm.Exit {
 	e := microvm.Exit{Code: st.Code, Signal: st.Signal, At: time.Now()}
-	if v.stopping != "" {
+	if r.stopping != "" {
 		e.Clean = true
-		e.Reason = v.stopping
+		e.Reason = r.stopping
 		return e
 	}
-	out := tail(filepath.Join(v.dir, consoleFile), v.logStart, 64<<10)
+	out := tail(filepath.Join(v.dir, consoleFile), r.logStart, 64<<10)
 	guest := ""
 	switch {
 	case bytes.Contains(out, []byte("Kernel panic")):
@@ -332,7 +338,7 @@ func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, microvm.ErrNotPrepared)
 	}
 	v.mu.Lock()
-	running := v.running
+	running := v.running()
 	v.mu.Unlock()
 	if running {
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, microvm.ErrAlreadyRunning)
@@ -353,19 +359,17 @@ func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, err)
 	}
 	v.mu.Lock()
-	v.logStart = logStart
-	d.watch(v, p)
-	exited := v.exited
+	r := d.watch(v, p, logStart)
 	v.mu.Unlock()
 
-	if err := d.awaitQMP(ctx, m.QMPPath(), exited); err != nil {
+	if err := d.awaitQMP(ctx, m.QMPPath(), r.exited); err != nil {
 		v.mu.Lock()
-		if v.exit == nil {
-			v.stopping = "start failed"
+		if !r.done {
+			r.stopping = "start failed"
 		}
 		v.mu.Unlock()
 		p.Signal(syscall.SIGKILL)
-		<-exited
+		<-r.exited
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w: %s", spec.Name, err,
 			lastLine(tail(m.ConsolePath(), logStart, 4096)))
 	}
@@ -407,22 +411,20 @@ func (d *Driver) Wait(ctx context.Context, name string) (microvm.Exit, error) {
 		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w", name, microvm.ErrNotFound)
 	}
 	v.mu.Lock()
-	exited, last := v.exited, v.exit
+	r, last := v.cur, v.recorded
 	v.mu.Unlock()
-	if exited == nil {
+	if r == nil {
 		if last != nil {
 			return *last, nil
 		}
 		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w (never started)", name, microvm.ErrNotFound)
 	}
 	select {
-	case <-exited:
+	case <-r.exited:
+		return r.exit, nil
 	case <-ctx.Done():
 		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w", name, ctx.Err())
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return *v.exit, nil
 }
 
 // Stop implements the Driver contract: an ACPI powerdown through QMP, a
@@ -437,12 +439,13 @@ func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why
 		return err
 	}
 	v.mu.Lock()
-	if !v.running {
+	if !v.running() {
 		v.mu.Unlock()
 		return nil
 	}
-	v.stopping = why
-	p, exited := v.proc, v.exited
+	r := v.cur
+	r.stopping = why
+	p, exited := r.proc, r.exited
 	v.mu.Unlock()
 
 	start := time.Now()
@@ -468,7 +471,7 @@ func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why
 		case <-t.C:
 		}
 		v.mu.Lock()
-		v.stopping = fmt.Sprintf("%s: killed by SIGKILL after %s grace", why, grace)
+		r.stopping = fmt.Sprintf("%s: killed by SIGKILL after %s grace", why, grace)
 		v.mu.Unlock()
 	}
 	if err := p.Signal(syscall.SIGKILL); err != nil {
@@ -516,10 +519,10 @@ func (d *Driver) instance(v *vm) microvm.Instance {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	in := microvm.Instance{Name: v.name, ID: v.spec.ID, Handle: filepath.Join(v.dir, qmpFile)}
-	if v.running {
+	if v.running() {
 		in.Running = true
-		in.PID = v.proc.PID()
-		in.StartedAt = v.proc.StartedAt()
+		in.PID = v.cur.proc.PID()
+		in.StartedAt = v.cur.proc.StartedAt()
 	}
 	return in
 }
