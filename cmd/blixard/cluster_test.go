@@ -336,6 +336,26 @@ func TestThreeProcessCluster(t *testing.T) {
 	agree(c.nodes, false, 3)
 	t.Log("all nodes agree")
 
+	// Console logs come from the VM's node, whichever node is asked.
+	for _, nd := range c.nodes {
+		out := c.mustCLI("--addr", nd.api, "vm", "logs", "vm1")
+		if !strings.Contains(out, "started vm1") {
+			t.Fatalf("vm logs vm1 via node %d:\n%s", nd.id, out)
+		}
+	}
+
+	// node drain / eligible flip schedulability.
+	c.mustCLI("--addr", n1.api, "node", "drain", "3")
+	nodesOut := c.mustCLI("--addr", n2.api, "node", "list", "-o", "json")
+	var nodes []struct {
+		ID          uint64 `json:"id"`
+		Schedulable bool   `json:"schedulable"`
+	}
+	if err := json.Unmarshal([]byte(nodesOut), &nodes); err != nil || len(nodes) != 3 || nodes[2].Schedulable || !nodes[0].Schedulable {
+		t.Fatalf("node list after drain 3 (%v):\n%s", err, nodesOut)
+	}
+	c.mustCLI("--addr", n1.api, "node", "eligible", "3")
+
 	// Kill the leader; the survivors elect another and keep taking writes.
 	st, ok := c.status(n1.api)
 	if !ok || st.LeaderID == 0 {
@@ -351,6 +371,10 @@ func TestThreeProcessCluster(t *testing.T) {
 		}
 	}
 	survivorAddrs := c.addrs(leader)
+	// A dead first address fails over to the next.
+	if vms, raw, ok := c.vmList(leader.api+","+survivorAddrs, false); !ok || len(vms) != 3 {
+		t.Fatalf("vm list with the dead leader first in --addr: %s", raw)
+	}
 	for i := 0; i < 3; i++ {
 		name := fmt.Sprintf("after%d", i)
 		// Pin to a survivor: nothing marks the dead node down until gossip
