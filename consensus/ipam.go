@@ -140,7 +140,16 @@ func ipString(ip uint32) string {
 // administered prefix 02:00 followed by the four octets, so the MAC is
 // unique whenever the address is.
 func macFromIP(ip uint32) string {
-	return fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", byte(ip>>24), byte(ip>>16), byte(ip>>8), byte(ip))
+	const hex = "0123456789abcdef"
+	b := [17]byte{'0', '2', ':', '0', '0', ':'}
+	for i := 0; i < 4; i++ {
+		o := byte(ip >> (24 - 8*i))
+		b[6+3*i], b[7+3*i] = hex[o>>4], hex[o&15]
+		if i < 3 {
+			b[8+3*i] = ':'
+		}
+	}
+	return string(b[:])
 }
 
 func parseIPv4(s string) (uint32, bool) {

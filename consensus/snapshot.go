@@ -51,8 +51,9 @@ func (s *State) Save(w io.Writer) error {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
+	var scratch recordScratch
 	for _, id := range ids {
-		e.message(5, s.vmByID[id].record())
+		e.message(5, scratch.fill(s.vmByID[id]))
 	}
 	for _, r := range s.requests.entries() {
 		e.message(6, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.result})
@@ -95,7 +96,8 @@ func (s *State) snapshotProto() *blixardpb.Snapshot {
 
 type snapEncoder struct {
 	w   *bufio.Writer
-	buf []byte
+	buf []byte // tag and length
+	msg []byte // the marshalled message
 	err error
 }
 
@@ -113,14 +115,71 @@ func (e *snapEncoder) message(num protowire.Number, m proto.Message) {
 	if e.err != nil {
 		return
 	}
-	size := marshalOpts.Size(m)
-	e.buf = protowire.AppendTag(e.buf[:0], num, protowire.BytesType)
-	e.buf = protowire.AppendVarint(e.buf, uint64(size))
-	e.buf, e.err = marshalOpts.MarshalAppend(e.buf, m)
+	e.msg, e.err = marshalOpts.MarshalAppend(e.msg[:0], m)
 	if e.err != nil {
 		return
 	}
-	_, e.err = e.w.Write(e.buf)
+	e.buf = protowire.AppendTag(e.buf[:0], num, protowire.BytesType)
+	e.buf = protowire.AppendVarint(e.buf, uint64(len(e.msg)))
+	if _, e.err = e.w.Write(e.buf); e.err == nil {
+		_, e.err = e.w.Write(e.msg)
+	}
+}
+
+// recordScratch converts VMs to records for Save without allocating a
+// fresh record, spec, label map and volume list per VM. The record it
+// returns is valid until the next fill and shares the VM's kernel params
+// (read-only).
+type recordScratch struct {
+	rec     blixardpb.VmRecord
+	spec    blixardpb.VmSpec
+	restart blixardpb.RestartPolicy
+	vols    []*blixardpb.Volume
+	labels  map[string]string
+}
+
+func (sc *recordScratch) fill(v *vm) *blixardpb.VmRecord {
+	sp := &v.spec
+	rp := &sc.restart
+	rp.Mode, rp.MaxRestarts, rp.WindowSeconds = restartModes[sp.restartMode], sp.maxRestarts, sp.windowSeconds
+	s := &sc.spec
+	s.Name, s.Tenant, s.Hypervisor = v.name, v.tenant, hypervisors[sp.hypervisor]
+	s.Vcpus, s.MemoryMb, s.NodeId = sp.vcpus, sp.memoryMB, sp.pin
+	s.Kernel, s.Initrd, s.Flake = sp.kernel, sp.initrd, sp.flake
+	s.KernelParams = sp.kernelParams
+	s.Restart = rp
+	s.Labels = nil
+	if len(sp.labels) > 0 {
+		if sc.labels == nil {
+			sc.labels = make(map[string]string)
+		}
+		clear(sc.labels)
+		for _, l := range sp.labels {
+			sc.labels[l.key] = l.value
+		}
+		s.Labels = sc.labels
+	}
+	for len(sc.vols) < len(sp.volumes) {
+		sc.vols = append(sc.vols, &blixardpb.Volume{})
+	}
+	for i, vol := range sp.volumes {
+		pv := sc.vols[i]
+		pv.Name, pv.Image, pv.SizeMb, pv.MountPoint, pv.ReadOnly = vol.name, vol.image, vol.sizeMB, vol.mountPoint, vol.readOnly
+	}
+	s.Volumes = nil
+	if len(sp.volumes) > 0 {
+		s.Volumes = sc.vols[:len(sp.volumes)]
+	}
+	r := &sc.rec
+	r.Id, r.Spec, r.Desired, r.NodeId, r.Generation = v.id, s, v.desired, v.node, v.gen
+	r.Status, r.Restarts, r.Message = v.status, v.restarts, v.message
+	r.CreatedUnixMs, r.UpdatedUnixMs = v.createdMS, v.updatedMS
+	r.Tap = tapName(v.id)
+	r.Ip, r.Mac = "", ""
+	if v.ip != 0 {
+		r.Ip, r.Mac = ipString(v.ip), macFromIP(v.ip)
+	}
+	return r
 }
 
 // Restore replaces the state with a snapshot written by Save. On error the
@@ -147,6 +206,10 @@ func decodeSnapshot(data []byte) (*State, error) {
 	}
 	b := data[8:]
 	s := NewState()
+	if n := countField(b, 5); n > 0 {
+		s.vms = make(map[string]*vm, n)
+		s.vmByID = make(map[uint64]*vm, n)
+	}
 	var (
 		version uint64
 		nodeRec blixardpb.NodeRecord
@@ -251,6 +314,28 @@ func decodeSnapshot(data []byte) (*State, error) {
 		s.attach(v)
 	}
 	return s, nil
+}
+
+// countField counts the occurrences of field num in a message (0 when
+// it does not parse; the decoder reports that).
+func countField(b []byte, num protowire.Number) int {
+	count := 0
+	for len(b) > 0 {
+		n, typ, k := protowire.ConsumeTag(b)
+		if k < 0 {
+			return 0
+		}
+		b = b[k:]
+		k = protowire.ConsumeFieldValue(n, typ, b)
+		if k < 0 {
+			return 0
+		}
+		b = b[k:]
+		if n == num {
+			count++
+		}
+	}
+	return count
 }
 
 func (s *State) restoreNode(r *blixardpb.NodeRecord) error {
