@@ -185,6 +185,10 @@ func (a *app) wait(ctx context.Context, c *client.Client, name string, target bl
 		}
 		last = r
 	})
+	var wt *client.WaitTimeoutError
+	if errors.As(err, &wt) && errors.Is(ctx.Err(), context.Canceled) {
+		return fmt.Errorf("interrupted while %s", strings.TrimPrefix(wt.Error(), "timed out "))
+	}
 	if err != nil {
 		return err
 	}
