@@ -307,7 +307,11 @@ func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixard
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	rs, res, err := r.await(ctx, cmd.GetRequestId() != "", func(timeout time.Duration) (*dragonboat.RequestState, error) {
+	var reissue time.Duration // never: a second copy could apply twice
+	if cmd.GetRequestId() != "" {
+		reissue = proposalReissue
+	}
+	rs, res, err := r.await(ctx, reissue, func(timeout time.Duration) (*dragonboat.RequestState, error) {
 		return r.nh.Propose(r.session, data, timeout)
 	})
 	if err != nil {
@@ -341,7 +345,7 @@ func (r *Replica) Read(ctx context.Context, stale bool, fn func(*State)) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	rs, _, err := r.await(ctx, true, func(timeout time.Duration) (*dragonboat.RequestState, error) {
+	rs, _, err := r.await(ctx, readReissue, func(timeout time.Duration) (*dragonboat.RequestState, error) {
 		return r.nh.ReadIndex(r.cfg.ShardID, timeout)
 	})
 	if err != nil {
@@ -355,15 +359,32 @@ func (r *Replica) Read(ctx context.Context, stale bool, fn func(*State)) error {
 	return nil
 }
 
+// How long a pending request waits before it is started again, in case
+// the message carrying it or its reply was lost (dragonboat does not
+// resend them; a peer's transport drops messages while its circuit
+// breaker is open after a failed connection). Reads are idempotent;
+// proposals are only re-sent when they carry a request id, whose
+// duplicate the state machine recognises.
+const (
+	readReissue     = time.Second
+	proposalReissue = 3 * time.Second
+)
+
 // await starts a request with start and waits for its outcome. Requests
 // dropped before entering the log (no leader, system busy) are started
-// again after a short backoff. When retryOnNewLeader is set and a leader
-// is elected while the request is pending, it is started again at once
-// instead of waiting for a reply that may never come. The context ends
-// the wait; dragonboat then expires the request on its own.
-func (r *Replica) await(ctx context.Context, retryOnNewLeader bool,
+// again after a short backoff. When reissue is nonzero, a request still
+// pending after reissue, or when a new leader is elected, is started
+// again (the old one may have been forwarded to a leader that died). The
+// context ends the wait; dragonboat then expires the request on its own.
+// The caller releases the returned RequestState once done with it.
+func (r *Replica) await(ctx context.Context, reissue time.Duration,
 	start func(time.Duration) (*dragonboat.RequestState, error)) (*dragonboat.RequestState, sm.Result, error) {
 	backoff := 5 * time.Millisecond
+	var again *time.Timer
+	if reissue > 0 {
+		again = time.NewTimer(reissue)
+		defer again.Stop()
+	}
 	for {
 		if r.closed.Load() {
 			return nil, sm.Result{}, dragonboat.ErrClosed
@@ -374,8 +395,11 @@ func (r *Replica) await(ctx context.Context, retryOnNewLeader bool,
 			return nil, sm.Result{}, dragonboat.ErrTimeout
 		}
 		var newLeader <-chan struct{}
-		if retryOnNewLeader {
+		var againC <-chan time.Time
+		if again != nil {
 			newLeader = r.events.nextLeader()
+			again.Reset(reissue)
+			againC = again.C
 		}
 		rs, err := start(timeout)
 		if err == nil {
@@ -383,7 +407,10 @@ func (r *Replica) await(ctx context.Context, retryOnNewLeader bool,
 			select {
 			case res = <-rs.ResultC():
 			case <-newLeader:
-				r.log.Debug("raft leader changed while a request was pending: retrying")
+				r.log.Debug("raft leader changed while a request was pending: starting it again")
+				continue
+			case <-againC:
+				r.log.Debug("raft request pending too long: starting it again", "after", reissue)
 				continue
 			case <-ctx.Done():
 				if errors.Is(ctx.Err(), context.Canceled) {
