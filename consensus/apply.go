@@ -118,7 +118,10 @@ func (s *State) detach(v *vm) {
 			delete(n.vms, v.id)
 		}
 	}
-	delete(s.waiting, v.id)
+	if _, ok := s.waiting[v.id]; ok {
+		delete(s.waiting, v.id)
+		s.waitingOrder = nil
+	}
 }
 
 func (s *State) attach(v *vm) {
@@ -132,6 +135,7 @@ func (s *State) attach(v *vm) {
 		}
 	} else if v.desired == blixardpb.DesiredState_DESIRED_RUNNING && v.status != blixardpb.VmStatus_VM_STATUS_LOST {
 		s.waiting[v.id] = v
+		s.waitingOrder = nil
 	}
 }
 
@@ -195,15 +199,7 @@ func (a *applier) upsertNode(op *blixardpb.UpsertNode) (*blixardpb.Result, *cmdE
 			vms:         make(map[uint64]*vm),
 		}
 		a.nodes[n.id] = n
-		i, _ := slices.BinarySearchFunc(a.nodeOrder, n.id, func(x *node, id uint64) int {
-			switch {
-			case x.id < id:
-				return -1
-			case x.id > id:
-				return 1
-			}
-			return 0
-		})
+		i, _ := slices.BinarySearchFunc(a.nodeOrder, n.id, func(x *node, id uint64) int { return cmpUint(x.id, id) })
 		a.nodeOrder = slices.Insert(a.nodeOrder, i, n)
 	}
 	n.apiAddr = rec.GetApiAddr()
@@ -313,13 +309,27 @@ func (a *applier) placeWaiting() {
 	if len(a.waiting) == 0 {
 		return
 	}
-	ids := make([]uint64, 0, len(a.waiting))
-	for id := range a.waiting {
-		ids = append(ids, id)
+	if a.waitingOrder == nil {
+		a.waitingOrder = make([]*vm, 0, len(a.waiting))
+		for _, v := range a.waiting {
+			a.waitingOrder = append(a.waitingOrder, v)
+		}
+		slices.SortFunc(a.waitingOrder, func(x, y *vm) int { return cmpUint(x.id, y.id) })
 	}
-	slices.Sort(ids)
-	for _, id := range ids {
-		v := a.waiting[id]
+	// Upper bounds of what any eligible node has free. Placing VMs only
+	// lowers free capacity, so they stay valid bounds throughout, and a VM
+	// above them is skipped without a scan: a long queue of waiting VMs
+	// costs O(nodes + waiting) per command while nothing fits.
+	var maxV, maxM uint64
+	for _, n := range a.nodeOrder {
+		if n.eligible() {
+			maxV, maxM = max(maxV, n.freeVcpus()), max(maxM, n.freeMemMB())
+		}
+	}
+	for _, v := range a.waitingOrder { // a placed VM resets waitingOrder, not this copy
+		if uint64(v.spec.vcpus) > maxV || v.spec.memoryMB > maxM {
+			continue
+		}
 		to, err := a.choose(v, 0)
 		if err != nil {
 			continue
@@ -570,3 +580,13 @@ func clipMessage(m string) string {
 }
 
 func u64(x uint64) string { return strconv.FormatUint(x, 10) }
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

@@ -200,3 +200,34 @@ func TestHeapPerVM(t *testing.T) {
 		t.Logf("%.0f heap bytes per VM", perVM)
 	}
 }
+
+// BenchmarkNodeUpdateWithWaiting: a node update (which retries placing
+// waiting VMs) while 10,000 VMs wait for room on a full 1,000-node cluster.
+func BenchmarkNodeUpdateWithWaiting(b *testing.B) {
+	s := NewState()
+	idx := uint64(0)
+	apply := func(c *blixardpb.Command) {
+		idx++
+		if r, _ := s.Apply(idx, c); r.Error.Code != blixardpb.Code_OK {
+			b.Fatal(r.Error)
+		}
+	}
+	apply(cmdInit(&blixardpb.ClusterConfig{Subnet: "10.0.0.0/16"}))
+	for i := 1; i <= 1000; i++ {
+		apply(cmdNode(uint64(i), 1, 1024))
+		apply(cmdCreateVM(fmt.Sprintf("fill-%d", i), 1, 1024))
+	}
+	apply(cmdNode(1001, MaxNodeVcpus, 1<<30))
+	for i := 0; i < 10000; i++ {
+		apply(cmdCreateVM(fmt.Sprintf("w-%d", i), 1, 256))
+	}
+	apply(cmdStatus(1001, down))
+	if len(s.waiting) != 10000 {
+		b.Fatalf("%d waiting", len(s.waiting))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		apply(cmdNode(1, 1, 1024))
+	}
+}

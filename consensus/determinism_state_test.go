@@ -108,6 +108,16 @@ func checkInvariants(t testing.TB, s *State) {
 			t.Fatalf("vm %q: waiting=%v, want %v", name, w, wantWaiting)
 		}
 	}
+	if s.waitingOrder != nil {
+		if len(s.waitingOrder) != len(s.waiting) {
+			t.Fatalf("waiting order has %d vms, waiting set %d", len(s.waitingOrder), len(s.waiting))
+		}
+		for i, v := range s.waitingOrder {
+			if s.waiting[v.id] != v || (i > 0 && s.waitingOrder[i-1].id >= v.id) {
+				t.Fatalf("waiting order broken at %d", i)
+			}
+		}
+	}
 	if len(s.vmByID) != len(s.vms) {
 		t.Fatalf("%d vms by id, %d by name", len(s.vmByID), len(s.vms))
 	}

@@ -45,6 +45,8 @@ type State struct {
 	// placed (node 0) and not lost: they are placed, lowest id first, as
 	// soon as a node with room appears.
 	waiting map[uint64]*vm
+	// waitingOrder caches the waiting VMs sorted by id; nil when stale.
+	waitingOrder []*vm
 
 	ipam ipam
 
