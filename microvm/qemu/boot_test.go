@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blixard/blixard/actors"
+	"github.com/blixard/blixard/actors/drivertest"
 	"github.com/blixard/blixard/microvm"
 )
 
@@ -258,4 +260,29 @@ func TestProbeBootsUnderTCG(t *testing.T) {
 		t.Fatalf("probe kernel did not boot to its panic under TCG: %s", detail)
 	}
 	t.Logf("TCG probe boot to panic and exit: %s", time.Since(start).Round(time.Millisecond))
+}
+
+// TestContractRealQemu runs the driver contract against real TCG guests.
+// It boots a dozen VMs, so it runs only when BLIXARD_QEMU_REAL_CONTRACT=1.
+func TestContractRealQemu(t *testing.T) {
+	if os.Getenv("BLIXARD_QEMU_REAL_CONTRACT") != "1" {
+		t.Skip("boots many TCG guests; set BLIXARD_QEMU_REAL_CONTRACT=1 to run")
+	}
+	kernel, initrd := guest(t)
+	drivertest.Run(t, drivertest.Harness{
+		New: func(t *testing.T, dir string) actors.Driver {
+			d, err := New(Options{Dir: dir, Accel: AccelTCG, NoNetwork: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		},
+		Spec: func(name string) microvm.Spec {
+			return microvm.Spec{Name: name, Vcpus: 1, MemoryMB: 128, Kernel: kernel, Initrd: initrd}
+		},
+		Kill:     killVM,
+		Timeout:  2 * time.Minute,
+		Parallel: 2,
+		Grace:    20 * time.Second,
+	})
 }

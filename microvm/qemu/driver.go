@@ -448,27 +448,12 @@ func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why
 	p, exited := r.proc, r.exited
 	v.mu.Unlock()
 
-	start := time.Now()
 	if grace > 0 {
-		qctx, cancel := context.WithTimeout(ctx, min(grace, 5*time.Second))
-		q, err := DialQMP(qctx, filepath.Join(v.dir, qmpFile))
-		if err == nil {
-			err = q.Powerdown(qctx)
-			q.Close()
-		}
-		cancel()
-		if err != nil {
-			d.log.Warn("qemu: graceful stop request failed", "vm", name, "err", err)
-		}
-		t := time.NewTimer(grace - time.Since(start))
-		select {
-		case <-exited:
-			t.Stop()
+		if d.powerdown(ctx, v, exited, grace) {
 			return nil
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("stopping vm %s: %w", name, ctx.Err())
-		case <-t.C:
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("stopping vm %s: %w", name, err)
 		}
 		v.mu.Lock()
 		r.stopping = fmt.Sprintf("%s: killed by SIGKILL after %s grace", why, grace)
@@ -482,6 +467,61 @@ func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("stopping vm %s: %w", name, ctx.Err())
+	}
+}
+
+// powerdownRepeat is how often Stop presses the power button again: a
+// press that arrives while the guest still boots (before its ACPI button
+// driver or init's handler is there) is lost.
+const powerdownRepeat = 2 * time.Second
+
+// powerdown presses the VM's ACPI power button through QMP, repeatedly,
+// until the process exits (true) or grace passes or ctx ends (false).
+func (d *Driver) powerdown(ctx context.Context, v *vm, exited <-chan struct{}, grace time.Duration) bool {
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	repeat := time.NewTicker(powerdownRepeat)
+	defer repeat.Stop()
+	var q *QMP
+	defer func() {
+		if q != nil {
+			q.Close()
+		}
+	}()
+	press := func() {
+		qctx, cancel := context.WithTimeout(ctx, powerdownRepeat)
+		defer cancel()
+		var err error
+		if q == nil {
+			q, err = DialQMP(qctx, filepath.Join(v.dir, qmpFile))
+		}
+		if err == nil {
+			err = q.Powerdown(qctx)
+		}
+		if err != nil {
+			if q != nil {
+				q.Close()
+				q = nil
+			}
+			select {
+			case <-exited: // qemu went away while we asked: no failure
+			default:
+				d.log.Warn("qemu: powerdown request failed", "vm", v.name, "err", err)
+			}
+		}
+	}
+	press()
+	for {
+		select {
+		case <-exited:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return false
+		case <-repeat.C:
+			press()
+		}
 	}
 }
 

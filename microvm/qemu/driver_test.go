@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -72,7 +73,10 @@ func fakeQemu(args []string) int {
 		fmt.Fprintf(console, "qemu-system-x86_64: terminating on signal %d\n", s.(syscall.Signal))
 		exit <- 0
 	}()
-	ignorePowerdown := os.Getenv("BLIXARD_FAKE_QEMU_IGNORE_POWERDOWN") == "1"
+	// "all" ignores every power-button press, a number the first N (a
+	// guest still booting).
+	ignore := os.Getenv("BLIXARD_FAKE_QEMU_IGNORE_POWERDOWN")
+	ignoreN, _ := strconv.Atoi(ignore)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -84,7 +88,9 @@ func fakeQemu(args []string) int {
 				case "query-status":
 					return QMPStatus{Running: true, Status: "running"}, nil, false
 				case "system_powerdown":
-					if !ignorePowerdown {
+					if ignoreN > 0 {
+						ignoreN--
+					} else if ignore != "all" {
 						go func() {
 							time.Sleep(50 * time.Millisecond)
 							fmt.Fprintln(console, "blixard-guest: powering off")
@@ -159,7 +165,7 @@ func TestContract(t *testing.T) {
 }
 
 func TestStopForcesAfterGrace(t *testing.T) {
-	d := fakeDriver(t, t.TempDir(), "BLIXARD_FAKE_QEMU_IGNORE_POWERDOWN=1")
+	d := fakeDriver(t, t.TempDir(), "BLIXARD_FAKE_QEMU_IGNORE_POWERDOWN=all")
 	ctx := testCtx(t, 30*time.Second)
 	spec := fakeSpec("stubborn")
 	spec.Volumes = nil
@@ -179,6 +185,31 @@ func TestStopForcesAfterGrace(t *testing.T) {
 	e, err := d.Wait(ctx, spec.Name)
 	if err != nil || !e.Clean || e.Signal != "SIGKILL" || !strings.Contains(e.Reason, "SIGKILL after 300ms grace") {
 		t.Fatalf("exit = %+v, %v; want a clean, forced stop", e, err)
+	}
+}
+
+// A press that arrives while the guest boots is lost; Stop presses again.
+func TestStopRepeatsPowerdown(t *testing.T) {
+	d := fakeDriver(t, t.TempDir(), "BLIXARD_FAKE_QEMU_IGNORE_POWERDOWN=1")
+	ctx := testCtx(t, 30*time.Second)
+	spec := fakeSpec("slowboot")
+	spec.Volumes = nil
+	if err := d.Prepare(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := d.Stop(ctx, spec.Name, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < powerdownRepeat || el > powerdownRepeat+5*time.Second {
+		t.Errorf("Stop took %s, want one repeat interval (%s)", el, powerdownRepeat)
+	}
+	e, err := d.Wait(ctx, spec.Name)
+	if err != nil || !e.Clean || e.Signal != "" || e.Reason != "stopped" {
+		t.Fatalf("exit = %+v, %v; want a graceful stop", e, err)
 	}
 }
 
