@@ -386,17 +386,20 @@ func (a *apiActor) logs(ctx context.Context, system *actor.ActorSystem, m *blixa
 	case rec.GetNodeId() == a.cfg.NodeID || m.GetForwarded():
 		return a.localLogs(ctx, m)
 	case !nodeFound || node.GetApiAddr() == "":
-		return &blixardpb.VmLogsResponse{Error: apiUnavailable("node %d of vm %q has no known api address", rec.GetNodeId(), m.GetName())}
+		return &blixardpb.VmLogsResponse{Error: &apiError{Code: blixardpb.Code_FAILED_PRECONDITION, Message: fmt.Sprintf("node %d of vm %q has no known api address", rec.GetNodeId(), m.GetName())}}
 	}
 	fwd := proto.Clone(m).(*blixardpb.VmLogsRequest)
 	fwd.Forwarded = true
+	// A node that does not answer is reported as DEADLINE_EXCEEDED, not
+	// UNAVAILABLE: the client would retry on another node, which would
+	// forward to the same unreachable node.
 	res, err := system.Root.RequestFuture(actor.NewPID(node.GetApiAddr(), APIActorName), fwd, a.cfg.ForwardTimeout).Result()
 	if err != nil {
-		return &blixardpb.VmLogsResponse{Error: apiUnavailable("node %d (%s), where vm %q runs, did not answer: %v", rec.GetNodeId(), node.GetApiAddr(), m.GetName(), err)}
+		return &blixardpb.VmLogsResponse{Error: &apiError{Code: blixardpb.Code_DEADLINE_EXCEEDED, Message: fmt.Sprintf("node %d (%s), where vm %q runs, did not answer: %v", rec.GetNodeId(), node.GetApiAddr(), m.GetName(), err)}}
 	}
 	out, ok := res.(*blixardpb.VmLogsResponse)
 	if !ok {
-		return &blixardpb.VmLogsResponse{Error: apiUnavailable("node %d (%s), where vm %q runs, did not answer (got %T)", rec.GetNodeId(), node.GetApiAddr(), m.GetName(), res)}
+		return &blixardpb.VmLogsResponse{Error: &apiError{Code: blixardpb.Code_DEADLINE_EXCEEDED, Message: fmt.Sprintf("node %d (%s), where vm %q runs, did not answer (got %T)", rec.GetNodeId(), node.GetApiAddr(), m.GetName(), res)}}
 	}
 	return out
 }

@@ -297,9 +297,9 @@ func TestAPILogs(t *testing.T) {
 	}
 	// db runs on node 2, whose api (127.0.0.1:7002 in its record) cannot
 	// be reached from this remote-less system: the forward fails
-	// UNAVAILABLE, naming the node.
+	// DEADLINE_EXCEEDED (not retryable elsewhere), naming the node.
 	r = e.ask(&blixardpb.VmLogsRequest{Name: "db"}).(*blixardpb.VmLogsResponse)
-	if r.GetError().GetCode() != blixardpb.Code_UNAVAILABLE || !strings.Contains(r.GetError().GetMessage(), "node 2") {
+	if r.GetError().GetCode() != blixardpb.Code_DEADLINE_EXCEEDED || !strings.Contains(r.GetError().GetMessage(), "node 2") {
 		t.Fatalf("logs of a vm on node 2: %v", r)
 	}
 	// A forwarded request is served locally, never forwarded again.
