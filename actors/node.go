@@ -419,16 +419,37 @@ func nodeRandomHex(n int) string {
 }
 
 // minLevelHandler drops records below min (protoactor logs every
-// connection at Info).
+// connection at Info) and demotes to Debug protoactor's errors about
+// connections coming and going, which every CLI invocation causes when it
+// exits.
 type minLevelHandler struct {
 	h   slog.Handler
 	min slog.Level
 }
 
+var protoactorRoutine = map[string]bool{
+	"EndpointWriter lost connection":                                  true,
+	"EndpointWriter failed to connect":                                true,
+	"EndpointWriter failed to create receive stream":                  true,
+	"EndpointWriter error when closing the stream":                    true,
+	"EndpointWriter error when closing the client conn":               true,
+	"EndpointReader failed to send disconnection message":             true,
+	"EndpointWatcher receive message for already terminated endpoint": true,
+}
+
 func (m minLevelHandler) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= m.min && m.h.Enabled(ctx, l)
 }
-func (m minLevelHandler) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
+
+func (m minLevelHandler) Handle(ctx context.Context, r slog.Record) error {
+	if protoactorRoutine[r.Message] {
+		if !m.h.Enabled(ctx, slog.LevelDebug) {
+			return nil
+		}
+		r.Level = slog.LevelDebug
+	}
+	return m.h.Handle(ctx, r)
+}
 func (m minLevelHandler) WithAttrs(as []slog.Attr) slog.Handler {
 	return minLevelHandler{h: m.h.WithAttrs(as), min: m.min}
 }
