@@ -41,7 +41,10 @@ type Options struct {
 	// StartTimeout bounds how long Start waits for qemu to open its QMP
 	// socket; 0 means 30 s.
 	StartTimeout time.Duration
-	Logger       *slog.Logger
+	// MaxLogBytes rotates console.log to console.log.1 when a VM starts
+	// and the log is larger; 0 means 16 MiB, negative never rotates.
+	MaxLogBytes int64
+	Logger      *slog.Logger
 }
 
 // Driver runs microVMs as qemu processes on this host. It satisfies the
@@ -108,6 +111,9 @@ func New(opts Options) (*Driver, error) {
 	}
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 30 * time.Second
+	}
+	if opts.MaxLogBytes == 0 {
+		opts.MaxLogBytes = 16 << 20
 	}
 	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
@@ -352,6 +358,14 @@ func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, err)
 	}
 	os.Remove(m.QMPPath())
+	if spec.MemoryMB == 2048 {
+		d.log.Warn("qemu: the microvm machine is known to hang with exactly 2048 MiB of memory", "vm", spec.Name)
+	}
+	if d.opts.MaxLogBytes > 0 && fileSize(m.ConsolePath()) > d.opts.MaxLogBytes {
+		if err := os.Rename(m.ConsolePath(), m.ConsolePath()+".1"); err != nil {
+			d.log.Warn("qemu: rotating console log", "vm", spec.Name, "err", err)
+		}
+	}
 	logStart := fileSize(m.ConsolePath())
 	d.log.Info("qemu: starting vm", "vm", spec.Name, "accel", accel, "accel_reason", reason)
 	p, err := d.sup.Start(ctx, m.StateDir, argv, m.ConsolePath())
@@ -605,7 +619,8 @@ func (d *Driver) List(ctx context.Context) ([]microvm.Instance, error) {
 }
 
 // Logs implements the Driver contract over <state dir>/console.log, which
-// holds the serial console and qemu's own messages of every run.
+// holds the serial console and qemu's own messages of every run since the
+// log was last rotated (at a start, past Options.MaxLogBytes).
 func (d *Driver) Logs(ctx context.Context, name string, offset int64, lastLines int) ([]byte, int64, error) {
 	v, err := d.lookup(name)
 	if err != nil {
@@ -629,7 +644,9 @@ func (d *Driver) Logs(ctx context.Context, name string, offset int64, lastLines 
 	size := st.Size()
 	if offset >= 0 {
 		if offset > size {
-			offset = size
+			// The log was rotated at a restart: the reader continues
+			// with the new log from its start.
+			offset = 0
 		}
 		data := make([]byte, size-offset)
 		n, err := f.ReadAt(data, offset)

@@ -353,6 +353,46 @@ func TestLogsFollow(t *testing.T) {
 	}
 }
 
+func TestLogRotation(t *testing.T) {
+	self, _ := os.Executable()
+	dir := t.TempDir()
+	d, err := New(Options{
+		Dir: dir, Binary: self, Accel: AccelTCG, NoNetwork: true, MaxLogBytes: 10,
+		Supervisor: &ExecSupervisor{Env: []string{"BLIXARD_FAKE_QEMU=1"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t, 30*time.Second)
+	spec := fakeSpec("rot")
+	spec.Volumes = nil
+	if err := d.Prepare(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := d.Start(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		waitConsole(t, d, spec.Name, "READY", 10*time.Second)
+		if err := d.Stop(ctx, spec.Name, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, err := os.ReadFile(filepath.Join(dir, "rot", "console.log.1"))
+	if err != nil || !strings.Contains(string(old), "reboot: Power down") {
+		t.Fatalf("rotated log = %q, %v; want the first run", old, err)
+	}
+	cur, next, _ := d.Logs(ctx, spec.Name, 0, 0)
+	if strings.Count(string(cur), "fake qemu: booting") != 1 {
+		t.Errorf("current log holds %d runs, want 1: %q", strings.Count(string(cur), "booting"), cur)
+	}
+	// A follower whose offset is past the rotated log's end restarts at 0.
+	again, next2, _ := d.Logs(ctx, spec.Name, next+1000, 0)
+	if string(again) != string(cur) || next2 != next {
+		t.Errorf("follow past the end after rotation = %q (next %d), want the new log", again, next2)
+	}
+}
+
 // waitConsole polls name's console log until it contains want and returns
 // the log so far; it fails on the deadline or when the VM exits first.
 func waitConsole(t *testing.T, d *Driver, name, want string, timeout time.Duration) string {
