@@ -353,3 +353,21 @@ func TestDialRejectsBadAddress(t *testing.T) {
 		t.Fatal("no error for no addresses")
 	}
 }
+
+func TestNormalizeAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"localhost:7001": "127.0.0.1:7001",
+		":7001":          "127.0.0.1:7001",
+		"10.1.2.3:7001":  "10.1.2.3:7001",
+		"[::1]:7001":     "[::1]:7001",
+	} {
+		if got, err := client.NormalizeAddr(in); err != nil || got != want {
+			t.Errorf("NormalizeAddr(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"7001", "host:", "host:port", "host:70000"} {
+		if _, err := client.NormalizeAddr(bad); err == nil {
+			t.Errorf("NormalizeAddr(%q) accepted", bad)
+		}
+	}
+}
