@@ -441,13 +441,15 @@ func (a *applier) startVM(op *blixardpb.StartVm) (*blixardpb.Result, *cmdErr) {
 		return nil, err
 	}
 	running := v.desired == blixardpb.DesiredState_DESIRED_RUNNING
-	if running && v.node != 0 && v.status != blixardpb.VmStatus_VM_STATUS_FAILED {
+	gaveUp := v.status == blixardpb.VmStatus_VM_STATUS_FAILED || v.status == blixardpb.VmStatus_VM_STATUS_LOST
+	if running && v.node != 0 && !gaveUp {
 		return &blixardpb.Result{Vm: v.record()}, nil // already running: nothing to do
 	}
 	var to uint64
 	switch {
 	case running && v.node != 0:
-		// Failed where it is placed: it already holds its room; try again there.
+		// Failed (or reported lost) where it is placed: it already holds
+		// its room; try again there.
 		to = v.node
 	case v.node != 0 && a.canStay(v):
 		to = v.node

@@ -532,3 +532,17 @@ func TestRequestTableEvictsOldestFirst(t *testing.T) {
 		t.Errorf("evicted request id not re-run: %v", res)
 	}
 }
+
+// An agent that reports its VM lost gets it back with start, like failed.
+func TestApplyStartAfterReportedLost(t *testing.T) {
+	h := baseState(t)
+	h.must(cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 1, Generation: 1, Status: blixardpb.VmStatus_VM_STATUS_LOST, Restarts: 2}))
+	_, eff := h.must(cmdStart("web"))
+	r := vmOf(t, h.s, "web")
+	if len(eff) != 1 || r.GetStatus() != blixardpb.VmStatus_VM_STATUS_PENDING || r.GetGeneration() != 2 || r.GetRestarts() != 0 || r.GetNodeId() != 1 {
+		t.Fatalf("start after lost: %v %v", r, eff)
+	}
+	if u := h.s.NodeUsage(1); u.Vcpus != 2 {
+		t.Errorf("usage = %+v", u)
+	}
+}
