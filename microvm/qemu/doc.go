@@ -26,7 +26,15 @@
 //
 // TCG guests get the host TSC frequency as tsc_early_khz: the microvm
 // machine has no PIT, HPET or ACPI PM timer, and without kvmclock a kernel
-// cannot calibrate its clocks and hangs early in boot.
+// cannot calibrate its clocks and hangs early in boot. Under TCG an
+// uncompressed kernel (vmlinux, booted through its PVH entry) reaches
+// userspace several times faster than a bzImage, whose decompression runs
+// emulated; scripts/guest.sh builds both for the test guest.
+//
+// Tests: golden argv files (go test -update rewrites testdata/*.golden), a
+// fake qemu (the test binary re-executed) for the driver contract, and a
+// few real TCG boots of the guest from scripts/guest.sh, skipped with the
+// reason when qemu or the guest is missing.
 //
 // The network device is optional (Options.NoNetwork, or a spec without a
 // TAP); creating the TAP is the network step's job, not this package's.
