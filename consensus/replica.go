@@ -526,25 +526,21 @@ func (r *Replica) Membership(ctx context.Context) (Membership, error) {
 	return out, nil
 }
 
-func (r *Replica) membership(ctx context.Context) (*dragonboat.Membership, error) {
-	if r.closed.Load() {
-		return nil, dragonboat.ErrClosed
-	}
-	var m *dragonboat.Membership
-	err := r.retryDropped(ctx, func(ctx context.Context) error {
-		var err error
-		m, err = r.nh.SyncGetShardMembership(ctx, r.cfg.ShardID)
-		return err
-	})
-	return m, err
-}
-
 // AddVoter adds replica id at addr as a voting member, or promotes a
 // non-voting member at the same address. It is a no-op when id already
 // votes at addr. The new replica then starts with ReplicaConfig.Join.
 func (r *Replica) AddVoter(ctx context.Context, id uint64, addr string) error {
-	return r.changeMembership(ctx, "adding voter", id, func(m *dragonboat.Membership) bool {
-		return m.Nodes[id] == addr
+	return r.changeMembership(ctx, "adding voter", id, func(m *dragonboat.Membership) (bool, error) {
+		if cur, ok := m.Nodes[id]; ok {
+			if cur != addr {
+				return false, fmt.Errorf("replica %d already votes at %s, not %s", id, cur, addr)
+			}
+			return true, nil
+		}
+		if cur, ok := m.NonVotings[id]; ok && cur != addr {
+			return false, fmt.Errorf("replica %d is non-voting at %s, not %s", id, cur, addr)
+		}
+		return false, nil
 	}, func(ctx context.Context, ccid uint64) error {
 		return r.nh.SyncRequestAddReplica(ctx, r.cfg.ShardID, id, addr, ccid)
 	})
@@ -552,10 +548,19 @@ func (r *Replica) AddVoter(ctx context.Context, id uint64, addr string) error {
 
 // AddNonVoting adds replica id at addr as a non-voting member (it receives
 // the log but does not count towards quorum). It is a no-op when id is
-// already a non-voting member at addr.
+// already a non-voting member at addr; a voter cannot be demoted.
 func (r *Replica) AddNonVoting(ctx context.Context, id uint64, addr string) error {
-	return r.changeMembership(ctx, "adding non-voting replica", id, func(m *dragonboat.Membership) bool {
-		return m.NonVotings[id] == addr
+	return r.changeMembership(ctx, "adding non-voting replica", id, func(m *dragonboat.Membership) (bool, error) {
+		if _, ok := m.Nodes[id]; ok {
+			return false, fmt.Errorf("replica %d is a voter: it cannot become non-voting", id)
+		}
+		if cur, ok := m.NonVotings[id]; ok {
+			if cur != addr {
+				return false, fmt.Errorf("replica %d is non-voting at %s, not %s", id, cur, addr)
+			}
+			return true, nil
+		}
+		return false, nil
 	}, func(ctx context.Context, ccid uint64) error {
 		return r.nh.SyncRequestAddNonVoting(ctx, r.cfg.ShardID, id, addr, ccid)
 	})
@@ -564,22 +569,24 @@ func (r *Replica) AddNonVoting(ctx context.Context, id uint64, addr string) erro
 // RemoveReplica removes replica id from the shard. It is a no-op when id
 // is not a member. The id can never be added back.
 func (r *Replica) RemoveReplica(ctx context.Context, id uint64) error {
-	return r.changeMembership(ctx, "removing replica", id, func(m *dragonboat.Membership) bool {
+	return r.changeMembership(ctx, "removing replica", id, func(m *dragonboat.Membership) (bool, error) {
 		_, voter := m.Nodes[id]
 		_, nonVoting := m.NonVotings[id]
 		_, witness := m.Witnesses[id]
-		return !voter && !nonVoting && !witness
+		return !voter && !nonVoting && !witness, nil
 	}, func(ctx context.Context, ccid uint64) error {
 		return r.nh.SyncRequestDeleteReplica(ctx, r.cfg.ShardID, id, ccid)
 	})
 }
 
-// changeMembership reads the membership, returns early when done reports
-// the change is already in place, and otherwise requests it with the
-// config change id just read. Dragonboat rejects a request whose id is
-// stale (another change won the race); it is retried with a fresh read.
+// changeMembership reads the membership; check says whether the change is
+// already in place or impossible. Otherwise it requests the change with
+// the config change id just read. Dragonboat rejects a request whose id
+// is stale (another change won the race); a request can also go
+// unanswered when its message is lost. Both are retried with a fresh
+// read, which also notices a change that was applied after all.
 func (r *Replica) changeMembership(ctx context.Context, what string, id uint64,
-	done func(*dragonboat.Membership) bool, change func(context.Context, uint64) error) error {
+	check func(*dragonboat.Membership) (bool, error), change func(context.Context, uint64) error) error {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	for {
@@ -587,24 +594,53 @@ func (r *Replica) changeMembership(ctx context.Context, what string, id uint64,
 		if err != nil {
 			return raftUnavailable(what, err)
 		}
-		if done(m) {
+		done, err := check(m)
+		if err != nil {
+			return fmt.Errorf("%s %d: %w", what, id, err)
+		}
+		if done {
 			return nil
 		}
 		if _, removed := m.Removed[id]; removed {
 			return fmt.Errorf("%s %d: %w", what, id, ErrReplicaRemoved)
 		}
-		err = r.retryDropped(ctx, func(ctx context.Context) error {
+		attempt, cancelAttempt := context.WithTimeout(ctx, proposalReissue)
+		err = r.retryDropped(attempt, func(ctx context.Context) error {
 			return change(ctx, m.ConfigChangeID)
 		})
+		cancelAttempt()
 		if err == nil {
-			r.log.Info("raft membership change applied", "change", what, "id", id)
+			r.log.Info("raft membership changed", "change", what, "id", id)
 			return nil
 		}
-		if !errors.Is(err, dragonboat.ErrRejected) || ctx.Err() != nil {
+		retry := errors.Is(err, dragonboat.ErrRejected) || errors.Is(err, dragonboat.ErrTimeout) ||
+			errors.Is(err, dragonboat.ErrInvalidDeadline)
+		if !retry || ctx.Err() != nil || !sleepCtx(ctx, 10*time.Millisecond) {
 			return raftUnavailable(what, err)
 		}
-		if !sleepCtx(ctx, 10*time.Millisecond) {
-			return raftUnavailable(what, err)
+	}
+}
+
+// membership reads the membership linearizably, asking again when a
+// read goes unanswered for readReissue.
+func (r *Replica) membership(ctx context.Context) (*dragonboat.Membership, error) {
+	for {
+		if r.closed.Load() {
+			return nil, dragonboat.ErrClosed
+		}
+		attempt, cancel := context.WithTimeout(ctx, readReissue)
+		var m *dragonboat.Membership
+		err := r.retryDropped(attempt, func(ctx context.Context) error {
+			var err error
+			m, err = r.nh.SyncGetShardMembership(ctx, r.cfg.ShardID)
+			return err
+		})
+		cancel()
+		if err == nil {
+			return m, nil
+		}
+		if ctx.Err() != nil || (!errors.Is(err, dragonboat.ErrTimeout) && !errors.Is(err, dragonboat.ErrInvalidDeadline)) {
+			return nil, err
 		}
 	}
 }

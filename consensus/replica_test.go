@@ -377,6 +377,12 @@ func TestReplicaMembership(t *testing.T) {
 	if m.ConfigChangeID == 0 {
 		t.Error("membership has no config change id after three changes")
 	}
+	if err := r1.AddNonVoting(ctx, 1, r1.cfg.RaftAddr); err == nil || !strings.Contains(err.Error(), "is a voter") {
+		t.Errorf("demoting voter 1: %v, want an error saying it is a voter", err)
+	}
+	if err := r1.AddVoter(ctx, 1, "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "already votes at") {
+		t.Errorf("re-adding voter 1 at another address: %v, want an error naming its address", err)
+	}
 }
 
 func TestRaftUnavailableWrapsAndExplains(t *testing.T) {
