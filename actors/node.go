@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/eventstream"
 	"github.com/asynkron/protoactor-go/remote"
 
 	"github.com/blixard/blixard/consensus"
@@ -95,6 +96,11 @@ type Node struct {
 	vms     atomic.Pointer[actor.PID]
 	api     *actor.PID
 
+	// peers are the addresses protoactor holds outbound connections to
+	// (clients being answered, nodes logs are forwarded to).
+	peers   *sync.Map
+	peerSub *eventstream.Subscription
+
 	ready     chan struct{}
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -141,6 +147,15 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	// Fail fast on a peer that is down instead of redialling it for 10 s.
 	rcfg.MaxRetryCount = 2
 	r := remote.NewRemote(system, rcfg)
+	peers := &sync.Map{}
+	peerSub := system.EventStream.Subscribe(func(evt any) {
+		switch e := evt.(type) {
+		case *remote.EndpointConnectedEvent:
+			peers.Store(e.Address, struct{}{})
+		case *remote.EndpointTerminatedEvent:
+			peers.Delete(e.Address)
+		}
+	})
 	if err := nodeStartRemote(r); err != nil {
 		system.Shutdown()
 		return nil, fmt.Errorf("listening for api requests on %s: %w", cfg.APIAddr, err)
@@ -155,14 +170,14 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		ctx:    ctx,
 		cancel: cancel,
 	}
+	n.peers, n.peerSub = peers, peerSub
 	cfg.AdvertiseAddr = advertise
 	n.cfg = cfg
 
 	rep, err := cfg.StartReplica(n.onEffects, n.onRestore)
 	if err != nil {
 		cancel()
-		r.Shutdown(true)
-		system.Shutdown()
+		n.closeRemote()
 		return nil, err
 	}
 	n.replica = rep
@@ -211,7 +226,21 @@ func nodeStartRemote(r *remote.Remote) (err error) {
 func (n *Node) abort() {
 	n.cancel()
 	n.replica.Close()
-	n.remote.Shutdown(true)
+	n.closeRemote()
+}
+
+// closeRemote stops the remote and the actor system without protoactor's
+// graceful path, whose endpoint manager can panic (nil map) when a peer
+// disconnects while it stops: the server is stopped first (inbound streams
+// end), then the outbound endpoints are terminated through the
+// still-running endpoint manager, which closes their connections.
+func (n *Node) closeRemote() {
+	n.remote.Shutdown(false)
+	n.peers.Range(func(k, _ any) bool {
+		n.system.EventStream.Publish(&remote.EndpointTerminatedEvent{Address: k.(string)})
+		return true
+	})
+	n.system.EventStream.Unsubscribe(n.peerSub)
 	n.system.Shutdown()
 }
 
@@ -378,8 +407,7 @@ func (n *Node) Close(ctx context.Context) error {
 				n.log.Warn("closing driver", "err", err)
 			}
 		}
-		n.remote.Shutdown(true)
-		n.system.Shutdown()
+		n.closeRemote()
 		n.log.Info("node agent stopped")
 	})
 	return nil
