@@ -153,12 +153,22 @@ func (a *apiActor) Receive(ctx actor.Context) {
 			return
 		}
 		system := ctx.ActorSystem()
+		reqCtx := a.ctx
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
 			defer func() { <-a.sem }()
-			resp := a.serve(a.ctx, system, msg)
-			if resp != nil {
+			defer func() {
+				// A bug in one handler must not take the node down: it
+				// fails that request only.
+				if p := recover(); p != nil {
+					a.cfg.Logger.Error("api handler panicked", "type", fmt.Sprintf("%T", msg), "panic", p)
+					if r := apiErrorResponse(msg, &apiError{Code: blixardpb.Code_INTERNAL, Message: fmt.Sprintf("internal error: %v", p)}); r != nil {
+						system.Root.Send(sender, r)
+					}
+				}
+			}()
+			if resp := a.serve(reqCtx, system, msg); resp != nil {
 				system.Root.Send(sender, resp)
 			}
 		}()
