@@ -187,14 +187,17 @@ func (d *Driver) watch(v *vm, p Process, logStart int64) *run {
 			return
 		}
 		v.mu.Lock()
-		r.exit = d.classify(v, r, p.Status())
-		r.done = true
+		e := d.classify(v, r, p.Status())
 		v.mu.Unlock()
-		if err := writeJSON(filepath.Join(v.dir, exitFile), r.exit); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Files first: once done is set a new Start may write its own.
+		if err := writeJSON(filepath.Join(v.dir, exitFile), e); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("qemu: recording exit", "vm", v.name, "err", err)
 		}
-		os.Remove(filepath.Join(v.dir, pidFile))
-		d.log.Info("qemu: vm exited", "vm", v.name, "reason", r.exit.Reason, "clean", r.exit.Clean)
+		d.log.Info("qemu: vm exited", "vm", v.name, "reason", e.Reason, "clean", e.Clean)
+		v.mu.Lock()
+		r.exit = e
+		r.done = true
+		v.mu.Unlock()
 		close(r.exited)
 	}()
 	return r

@@ -102,6 +102,7 @@ func (s *ExecSupervisor) Start(ctx context.Context, dir string, argv []string, l
 	go func() {
 		err := cmd.Wait()
 		p.status = statusOf(cmd.ProcessState, err)
+		removePidfile(dir, cmd.Process.Pid)
 		close(p.done)
 	}()
 	ticks, _, err := procStat(cmd.Process.Pid)
@@ -145,7 +146,7 @@ func (s *ExecSupervisor) Adopt(life context.Context, dir string) (Process, bool,
 	if interval == 0 {
 		interval = 100 * time.Millisecond
 	}
-	p := &adoptedProcess{rec: rec, done: make(chan struct{})}
+	p := &adoptedProcess{rec: rec, dir: dir, done: make(chan struct{})}
 	go p.poll(life, interval)
 	return p, true, nil
 }
@@ -246,6 +247,7 @@ func signalName(s syscall.Signal) string {
 
 type adoptedProcess struct {
 	rec  pidRecord
+	dir  string
 	done chan struct{}
 	mu   sync.Mutex
 	gone bool
@@ -287,10 +289,20 @@ func (p *adoptedProcess) poll(life context.Context, interval time.Duration) {
 		if !sameProcess(p.rec) {
 			p.gone = true
 			p.mu.Unlock()
+			removePidfile(p.dir, p.rec.PID)
 			close(p.done)
 			return
 		}
 		p.mu.Unlock()
+	}
+}
+
+// removePidfile removes dir's pidfile when it still names pid (a newer
+// process of the VM may have replaced it).
+func removePidfile(dir string, pid int) {
+	var rec pidRecord
+	if readJSON(filepath.Join(dir, pidFile), &rec) == nil && rec.PID == pid {
+		os.Remove(filepath.Join(dir, pidFile))
 	}
 }
 

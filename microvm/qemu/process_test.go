@@ -108,6 +108,9 @@ func TestExecSupervisorAdopt(t *testing.T) {
 	if st := a.Status(); st.Known {
 		t.Errorf("adopted status = %+v, want unknown", st)
 	}
+	if _, err := os.Stat(filepath.Join(dir, pidFile)); !os.IsNotExist(err) {
+		t.Errorf("pidfile of an exited process still there: %v", err)
+	}
 	// Signalling an exited adopted process is a no-op, never a stray kill.
 	if err := a.Signal(syscall.SIGKILL); err != nil {
 		t.Errorf("Signal after exit: %v", err)
