@@ -77,6 +77,9 @@ func checkVMName(name string) *cmdErr {
 // checkText rejects strings that would not survive the snapshot codec
 // (invalid UTF-8) or that are unreasonably long.
 func checkText(field, s string, max int) *cmdErr {
+	if len(s) <= max && utf8.ValidString(s) {
+		return nil
+	}
 	if len(s) > max {
 		return invalid("%s is %d bytes long: must be at most %d", field, len(s), max)
 	}
@@ -116,8 +119,8 @@ func checkLabels(what string, m map[string]string) ([]label, *cmdErr) {
 		if err := checkText(what+" label key", l.key, maxLabelKey); err != nil {
 			return nil, err
 		}
-		if err := checkText(fmt.Sprintf("%s label %q", what, l.key), l.value, maxLabelValue); err != nil {
-			return nil, err
+		if len(l.value) > maxLabelValue || !utf8.ValidString(l.value) {
+			return nil, checkText(fmt.Sprintf("%s label %q", what, l.key), l.value, maxLabelValue)
 		}
 	}
 	return ls, nil
@@ -211,10 +214,12 @@ func validateSpec(in *blixardpb.VmSpec) (name, tenant string, sp vmSpec, err *cm
 				return "", "", sp, invalid("duplicate volume name %q: volume names must be unique within a vm", v.GetName())
 			}
 		}
-		if err := checkPath(fmt.Sprintf("volume %q image", v.GetName()), v.GetImage()); err != nil {
+		if err := checkPath("image", v.GetImage()); err != nil {
+			err.msg = fmt.Sprintf("volume %q ", v.GetName()) + err.msg
 			return "", "", sp, err
 		}
-		if err := checkPath(fmt.Sprintf("volume %q mount_point", v.GetName()), v.GetMountPoint()); err != nil {
+		if err := checkPath("mount_point", v.GetMountPoint()); err != nil {
+			err.msg = fmt.Sprintf("volume %q ", v.GetName()) + err.msg
 			return "", "", sp, err
 		}
 		if mp := v.GetMountPoint(); mp != "" && !strings.HasPrefix(mp, "/") {
