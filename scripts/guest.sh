@@ -58,7 +58,7 @@ if ((${#need_pkgs[@]})); then
 	fi
 	apt_update
 	log "installing ${need_pkgs[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 \
 		"${need_pkgs[@]}" >/dev/null
 fi
 
