@@ -7,13 +7,17 @@ BIN := $(CURDIR)/.bin
 PROTO_DIR := proto/blixardpb
 GO_TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all build test verify proto proto-check bench deps demo clean
+.PHONY: all build test verify proto proto-check bench deps guest demo clean
 
 all: build
 
 ## deps: install what a fresh Debian machine lacks (idempotent).
 deps:
 	@./.ci/deps
+
+## guest: the test guest (Debian kernel + busybox initramfs) in build/guest.
+guest:
+	./scripts/guest.sh
 
 ## build: the blixard binary in bin/.
 build:
