@@ -49,6 +49,9 @@ type raftLogger struct {
 	pkg   string
 	level atomic.Int32 // a logger.LogLevel
 	sink  func() *slog.Logger
+	// last holds, per format, when it was last logged at its own level
+	// (unix nanoseconds, *atomic.Int64).
+	last sync.Map
 }
 
 func newRaftLogger(pkg string) logger.ILogger {
@@ -131,15 +134,11 @@ func raftSink() *slog.Logger {
 // after it was logged once.
 const raftLogRepeatWindow = 30 * time.Second
 
-// raftLogLast holds, per package and format, when it was last logged at
-// its own level (unix nanoseconds).
-var raftLogLast sync.Map // string -> *atomic.Int64
-
 // repeated reports whether format was logged at its own level less than
 // raftLogRepeatWindow ago, and otherwise records that it is logged now.
 func (l *raftLogger) repeated(format string) bool {
 	now := time.Now().UnixNano()
-	v, _ := raftLogLast.LoadOrStore(l.pkg+"\x00"+format, new(atomic.Int64))
+	v, _ := l.last.LoadOrStore(format, new(atomic.Int64))
 	last := v.(*atomic.Int64)
 	prev := last.Load()
 	if prev != 0 && now-prev < int64(raftLogRepeatWindow) {
