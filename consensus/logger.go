@@ -18,9 +18,9 @@ import (
 // factory exactly once per process; the slog.Logger it forwards to lives
 // in raftLogSink so that it can be set after the factory is installed.
 //
-// Because the factory is global, the first non-nil ReplicaConfig.Logger
-// seen by StartReplica in the process receives dragonboat's own messages
-// for the life of the process. Production runs one Replica per process, so
+// Because the factory is global, the Logger of the first replica started
+// in the process receives dragonboat's own messages for the life of the
+// process. Production runs one Replica per process, so
 // this is the node logger; tests running several replicas in one process
 // see all of dragonboat's messages on the first replica's logger.
 

@@ -91,8 +91,9 @@ type ReplicaConfig struct {
 	ElectionRTT    uint64
 	HeartbeatRTT   uint64
 	// Logger receives the replica's own messages (default slog.Default()).
-	// The first non-nil Logger in the process also receives dragonboat's
-	// messages (WARNING and above), because dragonboat's logger is global.
+	// The Logger of the first replica started in the process also receives
+	// dragonboat's messages (WARNING and above, routine ones demoted),
+	// because dragonboat's logger is process-global.
 	Logger *slog.Logger
 	// OnEffects receives, in log order, the effects of each applied command
 	// that concern this replica's node (Effect.Concerns(ReplicaID)). It is
