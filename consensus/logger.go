@@ -20,9 +20,9 @@ import (
 //
 // Because the factory is global, the Logger of the first replica started
 // in the process receives dragonboat's own messages for the life of the
-// process. Production runs one Replica per process, so
-// this is the node logger; tests running several replicas in one process
-// see all of dragonboat's messages on the first replica's logger.
+// process. Production runs one Replica per process, so this is the node
+// logger; tests running several replicas in one process see all of
+// dragonboat's messages on the first replica's logger.
 
 var (
 	raftLoggerOnce sync.Once
@@ -35,6 +35,13 @@ func installRaftLogger(l *slog.Logger) {
 		raftLogSink.CompareAndSwap(nil, l)
 	}
 	raftLoggerOnce.Do(func() {
+		defer func() {
+			// Something else in the process installed a factory first;
+			// dragonboat then logs through it.
+			if recover() != nil {
+				raftSink().Warn("dragonboat logger factory already set elsewhere: its messages bypass blixard's logger")
+			}
+		}()
 		logger.SetLoggerFactory(newRaftLogger)
 	})
 }
