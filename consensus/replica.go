@@ -72,12 +72,15 @@ type ReplicaConfig struct {
 	// or AddNonVoting on the leader) instead of bootstrapping one. It is
 	// ignored once the data dir has been bootstrapped.
 	Join bool
-	// NonVoting starts the replica as a non-voting member. Set it exactly
-	// while the replica is one: added with AddNonVoting and not yet
-	// promoted with AddVoter, on the first start and on restarts.
-	// Dragonboat panics when a replica started as a voter applies its own
-	// addition as non-voting, so whoever drives membership changes must
-	// persist the role.
+	// NonVoting starts the replica in dragonboat's non-voting state. Set
+	// it on the first start of a replica added with AddNonVoting, and on
+	// every restart for as long as the replica's log may still replay
+	// that addition: dragonboat panics when a replica started as a voter
+	// applies its own addition as non-voting. A replica promoted since
+	// then turns into a voter when it replays the promotion. Clear it
+	// only once a local snapshot covers the promotion (a replica whose
+	// snapshot already makes it a voter must start as one). Whoever drives
+	// membership changes owns this bookkeeping.
 	NonVoting bool
 	// SnapshotEntries is how many applied entries trigger a snapshot
 	// (default 10000); CompactionOverhead is how many entries before a

@@ -358,6 +358,19 @@ func TestReplicaMembership(t *testing.T) {
 	}
 	mustPropose(t, r2, createVMCmd("after-promotion"))
 
+	// A replica that joined restarts from its data dir like any other
+	// (Join is then ignored). It joined as non-voting and its log still
+	// holds that change, so it restarts as non-voting and becomes a voter
+	// again as it replays its promotion.
+	if err := r2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2 = startSingle(t, ReplicaConfig{ReplicaID: 2, DataDir: r2.cfg.DataDir, RaftAddr: addr2, Join: true, NonVoting: true})
+	mustPropose(t, r2, createVMCmd("after-restart"))
+	if got := vmNames(t, r2, false); fmt.Sprint(got) != "[after-promotion after-restart before-join]" {
+		t.Fatalf("restarted replica 2 holds vms %v", got)
+	}
+
 	if err := r1.RemoveReplica(ctx, 2); err != nil {
 		t.Fatalf("removing replica 2: %v", err)
 	}
