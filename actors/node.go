@@ -83,6 +83,26 @@ type NodeConfig struct {
 	StopVMsOnExit bool
 	// StopGrace is the graceful-stop time of StopVMsOnExit (default 10 s).
 	StopGrace time.Duration
+
+	// Gossip, when set, is the node's gossip membership: the node re-joins
+	// members known from node records, and while it leads Raft it turns
+	// the gossip view into Raft membership and node status changes
+	// (actors/membership.go). GossipEvents, optional, signals view changes
+	// so they are acted on before the next 200 ms tick.
+	Gossip       Gossip
+	GossipEvents <-chan struct{}
+	// MaxVoters caps the voting replicas the leader adds; later joiners
+	// become non-voting (default 5).
+	MaxVoters int
+	// DownGrace is how long a member stays dead in gossip before the
+	// leader sets it down and its VMs are re-placed (default 4 s).
+	DownGrace time.Duration
+	// FenceTimeout, when positive, enables self-fencing (actors/fence.go):
+	// after that long without confirmed quorum contact the node stops its
+	// VMs. It must be shorter than gossip detection plus DownGrace.
+	// FenceStopGrace is the graceful part of those stops (default 500 ms).
+	FenceTimeout   time.Duration
+	FenceStopGrace time.Duration
 }
 
 // Node is a running node agent: a protoactor system with its remote, the
@@ -100,6 +120,10 @@ type Node struct {
 	// (clients being answered, nodes logs are forwarded to).
 	peers   *sync.Map
 	peerSub *eventstream.Subscription
+
+	// vmsCfg respawns the vms supervisor when a fence is lifted.
+	vmsCfg VMSupervisorConfig
+	fenced atomic.Bool
 
 	ready     chan struct{}
 	ctx       context.Context
@@ -127,6 +151,15 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 10 * time.Second
+	}
+	if cfg.MaxVoters <= 0 {
+		cfg.MaxVoters = DefaultMaxVoters
+	}
+	if cfg.DownGrace <= 0 {
+		cfg.DownGrace = DefaultDownGrace
+	}
+	if cfg.FenceStopGrace <= 0 {
+		cfg.FenceStopGrace = DefaultFenceStopGrace
 	}
 	advertise := cfg.AdvertiseAddr
 	if advertise == "" {
@@ -196,6 +229,7 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		return nil, fmt.Errorf("spawning vms supervisor: %w", err)
 	}
 	n.vms.Store(vms)
+	n.vmsCfg = vcfg
 
 	acfg := cfg.API
 	acfg.NodeID, acfg.Replica, acfg.Raft, acfg.Logs, acfg.Logger = cfg.NodeID, rep, rep, cfg.Driver, log
@@ -209,6 +243,14 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 
 	n.wg.Add(1)
 	go n.join()
+	if cfg.Gossip != nil {
+		n.wg.Add(1)
+		go n.runMembership()
+	}
+	if cfg.FenceTimeout > 0 {
+		n.wg.Add(1)
+		go n.runFence()
+	}
 	return n, nil
 }
 

@@ -1,0 +1,181 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/blixard/blixard/consensus"
+	"github.com/blixard/blixard/membership"
+	"github.com/blixard/blixard/proto/blixardpb"
+)
+
+// Gossip is the node's view of the gossip pool; *membership.Gossip
+// satisfies it.
+type Gossip interface {
+	// Members returns every member seen, with its state, sorted by id.
+	Members() []membership.Member
+	// SendTo sends msg to a live member.
+	SendTo(id uint64, msg []byte) error
+	// Join contacts members at gossip addresses.
+	Join(addrs []string) (int, error)
+}
+
+// raftMembershipChanger is the part of *consensus.Replica the leader uses
+// to grow the Raft group.
+type raftMembershipChanger interface {
+	Membership(ctx context.Context) (consensus.Membership, error)
+	AddVoter(ctx context.Context, id uint64, addr string) error
+	AddNonVoting(ctx context.Context, id uint64, addr string) error
+}
+
+// Defaults of the membership controller (NodeConfig).
+const (
+	DefaultMaxVoters  = 5
+	DefaultDownGrace  = 4 * time.Second
+	membershipTick    = 200 * time.Millisecond
+	gossipRejoinEvery = 2 * time.Second
+)
+
+// runMembership is the node's membership loop. On every node it re-joins
+// gossip members known from node records but missing from the gossip
+// view (so nodes started with --initial-cluster find each other). On the
+// Raft leader it executes planMembership: new members join Raft, dead
+// ones are set down after the grace, returning ones alive.
+func (n *Node) runMembership() {
+	defer n.wg.Done()
+	g := n.cfg.Gossip
+	changer, _ := n.replica.(raftMembershipChanger)
+	tick := time.NewTicker(membershipTick)
+	defer tick.Stop()
+	var leaderSince time.Time
+	var lastRejoin time.Time
+	rejoining := make(chan struct{}, 1)
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-tick.C:
+		case <-n.cfg.GossipEvents:
+		}
+		now := time.Now()
+		if now.Sub(lastRejoin) >= gossipRejoinEvery {
+			lastRejoin = now
+			select {
+			case rejoining <- struct{}{}:
+				n.wg.Add(1)
+				go func() {
+					defer n.wg.Done()
+					defer func() { <-rejoining }()
+					n.rejoinGossip(g)
+				}()
+			default:
+			}
+		}
+		leader, _, ok := n.replica.LeaderID()
+		if !ok || leader != n.cfg.NodeID || changer == nil {
+			leaderSince = time.Time{}
+			continue
+		}
+		if leaderSince.IsZero() {
+			leaderSince = now
+			n.log.Info("leading membership: gossip events now drive raft membership and node status")
+		}
+		n.leadMembership(g, changer, leaderSince)
+	}
+}
+
+// rejoinGossip joins the gossip addresses of node records that the
+// gossip view lacks or holds as dead.
+func (n *Node) rejoinGossip(g Gossip) {
+	known := map[uint64]bool{}
+	for _, m := range g.Members() {
+		if m.State == membership.StateAlive || m.State == membership.StateSuspect {
+			known[m.NodeID] = true
+		}
+	}
+	var addrs []string
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
+	defer cancel()
+	_ = n.replica.Read(ctx, true, func(s *consensus.State) {
+		for _, r := range s.Nodes() {
+			if r.GetId() == n.cfg.NodeID || known[r.GetId()] || r.GetGossipAddr() == "" ||
+				r.GetStatus() == blixardpb.NodeStatus_NODE_STATUS_LEFT {
+				continue
+			}
+			addrs = append(addrs, r.GetGossipAddr())
+		}
+	})
+	if len(addrs) == 0 {
+		return
+	}
+	if _, err := g.Join(addrs); err != nil {
+		n.log.Debug("re-joining gossip members from node records", "addrs", addrs, "err", err)
+	}
+}
+
+func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since time.Time) {
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	rm, err := changer.Membership(ctx)
+	if err != nil {
+		n.log.Debug("membership: reading raft membership", "err", err)
+		return
+	}
+	var nodes []*blixardpb.NodeRecord
+	if err := n.replica.Read(ctx, true, func(s *consensus.State) { nodes = s.Nodes() }); err != nil {
+		return
+	}
+	view := membershipView{
+		Self: n.cfg.NodeID, Now: time.Now(), Since: since,
+		DownGrace: n.cfg.DownGrace, MaxVoters: n.cfg.MaxVoters,
+		Gossip: g.Members(), Raft: rm, Nodes: nodes,
+	}
+	for _, a := range planMembership(view) {
+		if n.ctx.Err() != nil {
+			return
+		}
+		if err := n.doMembershipAction(ctx, g, changer, a); err != nil {
+			n.log.Warn("membership change failed; retrying on the next pass", "action", a.String(), "err", err)
+			// Later actions of a join depend on earlier ones.
+			return
+		}
+		if a.Kind != actReply {
+			n.log.Info("membership change", "action", a.String(), "why", a.Why)
+		}
+	}
+}
+
+func (n *Node) doMembershipAction(ctx context.Context, g Gossip, changer raftMembershipChanger, a membershipAction) error {
+	switch a.Kind {
+	case actUpsertNode:
+		return n.proposeNode(ctx, &blixardpb.Command{
+			RequestId: fmt.Sprintf("gossip-upsert-%d-%s", a.NodeID, nodeRandomHex(6)),
+			Op:        &blixardpb.Command_UpsertNode{UpsertNode: &blixardpb.UpsertNode{Node: a.Record}},
+		})
+	case actAddVoter:
+		return changer.AddVoter(ctx, a.NodeID, a.Addr)
+	case actAddNonVoting:
+		return changer.AddNonVoting(ctx, a.NodeID, a.Addr)
+	case actSetStatus:
+		return n.proposeNode(ctx, &blixardpb.Command{
+			RequestId: fmt.Sprintf("gossip-status-%d-%d-%s", a.NodeID, a.Status, nodeRandomHex(6)),
+			Op:        &blixardpb.Command_SetNodeStatus{SetNodeStatus: &blixardpb.SetNodeStatus{NodeId: a.NodeID, Status: a.Status}},
+		})
+	case actReply:
+		return g.SendTo(a.NodeID, a.Reply.Encode())
+	}
+	return errors.New("unknown membership action")
+}
+
+func (n *Node) proposeNode(ctx context.Context, cmd *blixardpb.Command) error {
+	res, err := n.replica.Propose(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	if e := res.GetError(); e.GetCode() != blixardpb.Code_OK {
+		return errors.New(e.GetMessage())
+	}
+	return nil
+}

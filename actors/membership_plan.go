@@ -1,0 +1,244 @@
+package actors
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/blixard/blixard/consensus"
+	"github.com/blixard/blixard/membership"
+	"github.com/blixard/blixard/proto/blixardpb"
+)
+
+// Role names sent to a joining node (membership.JoinReply.Role) and kept
+// in its data dir.
+const (
+	RoleVoter     = "voter"
+	RoleNonVoting = "non-voting"
+)
+
+// membershipView is what the Raft leader knows when it turns the gossip
+// view into cluster changes (planMembership).
+type membershipView struct {
+	Self uint64
+	Now  time.Time
+	// Since is when this node started watching as leader: a node record
+	// with no gossip member at all counts as dead from then on.
+	Since     time.Time
+	DownGrace time.Duration
+	MaxVoters int
+	Gossip    []membership.Member
+	Raft      consensus.Membership
+	Nodes     []*blixardpb.NodeRecord
+}
+
+type membershipActionKind int
+
+const (
+	actUpsertNode membershipActionKind = iota + 1
+	actAddVoter
+	actAddNonVoting
+	actSetStatus
+	actReply
+)
+
+// membershipAction is one change the leader makes; every action is
+// idempotent, so a plan may be executed again after a partial failure.
+type membershipAction struct {
+	Kind   membershipActionKind
+	NodeID uint64
+	// Addr is the Raft address (add actions).
+	Addr   string
+	Record *blixardpb.NodeRecord
+	Status blixardpb.NodeStatus
+	Reply  membership.JoinReply
+	// Why is a short reason for the log.
+	Why string
+}
+
+func (a membershipAction) String() string {
+	switch a.Kind {
+	case actUpsertNode:
+		return fmt.Sprintf("upsert node %d", a.NodeID)
+	case actAddVoter:
+		return fmt.Sprintf("add voter %d at %s", a.NodeID, a.Addr)
+	case actAddNonVoting:
+		return fmt.Sprintf("add non-voting %d at %s", a.NodeID, a.Addr)
+	case actSetStatus:
+		return fmt.Sprintf("set node %d %s", a.NodeID, nodeStatusWord(a.Status))
+	case actReply:
+		if a.Reply.Error != "" {
+			return fmt.Sprintf("refuse node %d: %s", a.NodeID, a.Reply.Error)
+		}
+		return fmt.Sprintf("tell node %d it is a %s", a.NodeID, a.Reply.Role)
+	}
+	return "unknown action"
+}
+
+func nodeStatusWord(s blixardpb.NodeStatus) string {
+	switch s {
+	case blixardpb.NodeStatus_NODE_STATUS_ALIVE:
+		return "alive"
+	case blixardpb.NodeStatus_NODE_STATUS_SUSPECT:
+		return "suspect"
+	case blixardpb.NodeStatus_NODE_STATUS_DOWN:
+		return "down"
+	case blixardpb.NodeStatus_NODE_STATUS_DRAINING:
+		return "draining"
+	case blixardpb.NodeStatus_NODE_STATUS_LEFT:
+		return "left"
+	}
+	return "unspecified"
+}
+
+// planMembership is the leader's decision, a pure function of the view:
+//
+//   - a gossip member that announces it is joining and is not a replica
+//     is registered (UpsertNode) and added as a voter while the voters
+//     number fewer than MaxVoters, otherwise as non-voting; a joining
+//     member that is already a replica is told its role (the join reply
+//     is repeated until the member stops announcing Joining);
+//   - a joining member whose id was removed from Raft is refused;
+//   - a member dead or gone (or, with a node record, never seen since
+//     Since) for DownGrace is set down, which re-places its VMs;
+//   - a member alive in gossip whose record is down or suspect is set
+//     alive again (and so is the leader itself).
+//
+// Members that are not replicas and do not announce Joining (a node
+// bootstrapped as another cluster) are left alone.
+func planMembership(v membershipView) []membershipAction {
+	var out []membershipAction
+	records := make(map[uint64]*blixardpb.NodeRecord, len(v.Nodes))
+	for _, r := range v.Nodes {
+		records[r.GetId()] = r
+	}
+	removed := make(map[uint64]bool, len(v.Raft.Removed))
+	for _, id := range v.Raft.Removed {
+		removed[id] = true
+	}
+	voters := len(v.Raft.Voters)
+	maxVoters := v.MaxVoters
+	if maxVoters <= 0 {
+		maxVoters = 5
+	}
+	seen := make(map[uint64]membership.Member, len(v.Gossip))
+	for _, m := range v.Gossip {
+		seen[m.NodeID] = m
+	}
+	ids := make([]uint64, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+
+	for _, id := range ids {
+		m := seen[id]
+		if id == v.Self {
+			continue
+		}
+		live := m.State == membership.StateAlive || m.State == membership.StateSuspect
+		if !live {
+			continue
+		}
+		_, isVoter := v.Raft.Voters[id]
+		_, isNonVoting := v.Raft.NonVoting[id]
+		switch {
+		case removed[id]:
+			if m.Joining {
+				out = append(out, membershipAction{Kind: actReply, NodeID: id, Reply: membership.JoinReply{NodeID: id,
+					Error: fmt.Sprintf("node id %d was removed from the cluster and Raft never reuses an id: start this node with a new --node-id and an empty data dir", id)}})
+			}
+			continue
+		case !isVoter && !isNonVoting:
+			if !m.Joining {
+				continue
+			}
+			if m.RaftAddr == "" {
+				continue
+			}
+			out = append(out, membershipAction{Kind: actUpsertNode, NodeID: id, Record: recordFromMeta(m.Meta), Why: "joined by gossip"})
+			role := RoleVoter
+			if voters < maxVoters {
+				voters++
+				out = append(out, membershipAction{Kind: actAddVoter, NodeID: id, Addr: m.RaftAddr})
+			} else {
+				role = RoleNonVoting
+				out = append(out, membershipAction{Kind: actAddNonVoting, NodeID: id, Addr: m.RaftAddr})
+			}
+			out = append(out, membershipAction{Kind: actReply, NodeID: id, Reply: membership.JoinReply{NodeID: id, Role: role}})
+			continue
+		case m.Joining:
+			role := RoleVoter
+			if isNonVoting {
+				role = RoleNonVoting
+			}
+			out = append(out, membershipAction{Kind: actReply, NodeID: id, Reply: membership.JoinReply{NodeID: id, Role: role}})
+		}
+		if r := records[id]; r != nil && m.State == membership.StateAlive && !m.Leaving {
+			switch r.GetStatus() {
+			case blixardpb.NodeStatus_NODE_STATUS_DOWN, blixardpb.NodeStatus_NODE_STATUS_SUSPECT:
+				out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_ALIVE, Why: "alive in gossip"})
+			}
+		}
+	}
+
+	recIDs := make([]uint64, 0, len(records))
+	for id := range records {
+		recIDs = append(recIDs, id)
+	}
+	sort.Slice(recIDs, func(i, j int) bool { return recIDs[i] < recIDs[j] })
+	for _, id := range recIDs {
+		r := records[id]
+		st := r.GetStatus()
+		if id == v.Self {
+			if st == blixardpb.NodeStatus_NODE_STATUS_DOWN || st == blixardpb.NodeStatus_NODE_STATUS_SUSPECT {
+				out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_ALIVE, Why: "the leader itself"})
+			}
+			continue
+		}
+		switch st {
+		case blixardpb.NodeStatus_NODE_STATUS_ALIVE, blixardpb.NodeStatus_NODE_STATUS_SUSPECT, blixardpb.NodeStatus_NODE_STATUS_DRAINING:
+		default:
+			continue
+		}
+		m, ok := seen[id]
+		var goneSince time.Time
+		switch {
+		case !ok:
+			goneSince = v.Since
+		case m.State == membership.StateDead || m.State == membership.StateLeft:
+			goneSince = m.Since
+		default:
+			continue
+		}
+		if gone := v.Now.Sub(goneSince); gone >= v.DownGrace {
+			why := fmt.Sprintf("gossip: %s for %s", stateWord(m, ok), gone.Round(time.Millisecond))
+			out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_DOWN, Why: why})
+		}
+	}
+	return out
+}
+
+func stateWord(m membership.Member, ok bool) string {
+	if !ok {
+		return "never seen"
+	}
+	return m.State.String()
+}
+
+// recordFromMeta is the node record the leader registers for a joining
+// member; the member upserts its own once its replica runs.
+func recordFromMeta(m membership.Meta) *blixardpb.NodeRecord {
+	return &blixardpb.NodeRecord{
+		Id:          m.NodeID,
+		ApiAddr:     m.APIAddr,
+		RaftAddr:    m.RaftAddr,
+		GossipAddr:  m.GossipAddr,
+		Vcpus:       m.Vcpus,
+		MemoryMb:    m.MemoryMB,
+		Labels:      m.Labels,
+		Status:      blixardpb.NodeStatus_NODE_STATUS_ALIVE,
+		Schedulable: true,
+		Version:     m.Version,
+	}
+}

@@ -1,0 +1,136 @@
+package actors
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/blixard/blixard/consensus"
+	"github.com/blixard/blixard/membership"
+	"github.com/blixard/blixard/proto/blixardpb"
+)
+
+func TestPlanMembership(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	member := func(id uint64, st membership.State, since time.Time, joining bool) membership.Member {
+		return membership.Member{Meta: membership.Meta{NodeID: id, RaftAddr: "r" + u64s(id), APIAddr: "a" + u64s(id), Joining: joining},
+			State: st, Since: since}
+	}
+	rec := func(id uint64, st blixardpb.NodeStatus) *blixardpb.NodeRecord {
+		return &blixardpb.NodeRecord{Id: id, Status: st}
+	}
+	raft := func(voters []uint64, nonVoting []uint64, removed ...uint64) consensus.Membership {
+		m := consensus.Membership{Voters: map[uint64]string{}, NonVoting: map[uint64]string{}, Removed: removed}
+		for _, id := range voters {
+			m.Voters[id] = "r" + u64s(id)
+		}
+		for _, id := range nonVoting {
+			m.NonVoting[id] = "r" + u64s(id)
+		}
+		return m
+	}
+	alive, down := blixardpb.NodeStatus_NODE_STATUS_ALIVE, blixardpb.NodeStatus_NODE_STATUS_DOWN
+	grace := 4 * time.Second
+	cases := []struct {
+		name string
+		view membershipView
+		want []string
+	}{
+		{
+			name: "joining member becomes a voter and is told so",
+			view: membershipView{Self: 1, Gossip: []membership.Member{member(2, membership.StateAlive, t0, true)},
+				Raft: raft([]uint64{1}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive)}},
+			want: []string{"upsert node 2", "add voter 2 at r2", "tell node 2 it is a voter"},
+		},
+		{
+			name: "beyond max voters joiners are non-voting, in id order",
+			view: membershipView{Self: 1, MaxVoters: 3, Gossip: []membership.Member{
+				member(4, membership.StateAlive, t0, true), member(3, membership.StateAlive, t0, true)},
+				Raft: raft([]uint64{1, 2}, nil)},
+			want: []string{"upsert node 3", "add voter 3 at r3", "tell node 3 it is a voter",
+				"upsert node 4", "add non-voting 4 at r4", "tell node 4 it is a non-voting"},
+		},
+		{
+			name: "a joining replica is told its role again, nothing else",
+			view: membershipView{Self: 1, Gossip: []membership.Member{member(6, membership.StateAlive, t0, true)},
+				Raft: raft([]uint64{1}, []uint64{6}), Nodes: []*blixardpb.NodeRecord{rec(6, alive)}},
+			want: []string{"tell node 6 it is a non-voting"},
+		},
+		{
+			name: "a member that is neither a replica nor joining is left alone",
+			view: membershipView{Self: 1, Gossip: []membership.Member{member(9, membership.StateAlive, t0, false)}, Raft: raft([]uint64{1}, nil)},
+			want: nil,
+		},
+		{
+			name: "a removed id is refused",
+			view: membershipView{Self: 1, Gossip: []membership.Member{member(2, membership.StateAlive, t0, true)}, Raft: raft([]uint64{1}, nil, 2)},
+			want: []string{"refuse node 2: node id 2 was removed"},
+		},
+		{
+			name: "dead within the grace: nothing",
+			view: membershipView{Self: 1, Now: t0.Add(grace - time.Millisecond), DownGrace: grace,
+				Gossip: []membership.Member{member(2, membership.StateDead, t0, false)},
+				Raft:   raft([]uint64{1, 2}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive), rec(2, alive)}},
+			want: nil,
+		},
+		{
+			name: "dead past the grace: down",
+			view: membershipView{Self: 1, Now: t0.Add(grace), DownGrace: grace,
+				Gossip: []membership.Member{member(2, membership.StateDead, t0, false)},
+				Raft:   raft([]uint64{1, 2}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive), rec(2, alive)}},
+			want: []string{"set node 2 down"},
+		},
+		{
+			name: "already down: nothing",
+			view: membershipView{Self: 1, Now: t0.Add(time.Hour), DownGrace: grace,
+				Gossip: []membership.Member{member(2, membership.StateDead, t0, false)},
+				Raft:   raft([]uint64{1, 2}, nil), Nodes: []*blixardpb.NodeRecord{rec(2, down)}},
+			want: nil,
+		},
+		{
+			name: "never seen since leading began, past the grace: down",
+			view: membershipView{Self: 1, Since: t0, Now: t0.Add(grace), DownGrace: grace,
+				Raft: raft([]uint64{1, 3}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive), rec(3, alive)}},
+			want: []string{"set node 3 down"},
+		},
+		{
+			name: "suspect is not dead",
+			view: membershipView{Self: 1, Now: t0.Add(time.Hour), DownGrace: grace,
+				Gossip: []membership.Member{member(2, membership.StateSuspect, t0, false)},
+				Raft:   raft([]uint64{1, 2}, nil), Nodes: []*blixardpb.NodeRecord{rec(2, alive)}},
+			want: nil,
+		},
+		{
+			name: "alive again: alive; the leader itself too",
+			view: membershipView{Self: 1, Now: t0, DownGrace: grace,
+				Gossip: []membership.Member{member(2, membership.StateAlive, t0, false)},
+				Raft:   raft([]uint64{1, 2}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, down), rec(2, down)}},
+			want: []string{"set node 2 alive", "set node 1 alive"},
+		},
+		{
+			name: "left records are not set down",
+			view: membershipView{Self: 1, Since: t0, Now: t0.Add(time.Hour), DownGrace: grace,
+				Raft: raft([]uint64{1}, nil), Nodes: []*blixardpb.NodeRecord{rec(5, blixardpb.NodeStatus_NODE_STATUS_LEFT)}},
+			want: nil,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, a := range planMembership(tc.view) {
+				got = append(got, a.String())
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("plan:\n  got  %q\n  want %q", got, tc.want)
+			}
+			for i := range got {
+				if !strings.HasPrefix(got[i], tc.want[i]) {
+					t.Fatalf("plan:\n  got  %q\n  want %q", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func u64s(x uint64) string { return strconv.FormatUint(x, 10) }
