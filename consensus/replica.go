@@ -221,8 +221,26 @@ type Replica struct {
 	events  *raftEvents
 	session *client.Session
 
-	closed    atomic.Bool
-	closeOnce sync.Once
+	// mu is held shared around every call into the NodeHost and
+	// exclusively by Close: dragonboat's NodeHost.Close tears down parts
+	// that a call racing with it would dereference. Waiting for a reply
+	// happens outside mu; closing (cancelled first thing in Close) cuts
+	// short the few calls that block inside dragonboat.
+	mu          sync.RWMutex
+	closed      atomic.Bool
+	closeOnce   sync.Once
+	closing     context.Context
+	stopClosing context.CancelFunc
+}
+
+// withNH runs f with the NodeHost unless the replica is closed.
+func (r *Replica) withNH(f func(nh *dragonboat.NodeHost) error) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed.Load() {
+		return dragonboat.ErrClosed
+	}
+	return f(r.nh)
 }
 
 // StartReplica starts the NodeHost and the shard's replica and returns
@@ -243,12 +261,15 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting raft node host on %s: %w", cfg.RaftAddr, err)
 	}
+	closing, stopClosing := context.WithCancel(context.Background())
 	r := &Replica{
-		cfg:     cfg,
-		log:     log,
-		nh:      nh,
-		events:  events,
-		session: nh.GetNoOPSession(cfg.ShardID),
+		cfg:         cfg,
+		log:         log,
+		nh:          nh,
+		events:      events,
+		session:     nh.GetNoOPSession(cfg.ShardID),
+		closing:     closing,
+		stopClosing: stopClosing,
 		sm: &raftSM{
 			replicaID: cfg.ReplicaID,
 			state:     NewState(),
@@ -277,6 +298,7 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 	}
 	err = nh.StartReplica(members, join, func(uint64, uint64) sm.IStateMachine { return r.sm }, cfg.shardConfig())
 	if err != nil {
+		stopClosing()
 		nh.Close()
 		return nil, fmt.Errorf("starting raft replica %d (%s): %w", cfg.ReplicaID, mode, err)
 	}
@@ -292,6 +314,9 @@ func (r *Replica) ID() uint64 { return r.cfg.ReplicaID }
 func (r *Replica) Close() error {
 	r.closeOnce.Do(func() {
 		r.closed.Store(true)
+		r.stopClosing()
+		r.mu.Lock()
+		defer r.mu.Unlock()
 		r.nh.Close()
 		r.log.Info("raft replica stopped")
 	})
@@ -332,7 +357,12 @@ func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixard
 		reissue = proposalReissue
 	}
 	rs, res, err := r.await(ctx, reissue, func(timeout time.Duration) (*dragonboat.RequestState, error) {
-		return r.nh.Propose(r.session, data, timeout)
+		var rs *dragonboat.RequestState
+		err := r.withNH(func(nh *dragonboat.NodeHost) (err error) {
+			rs, err = nh.Propose(r.session, data, timeout)
+			return err
+		})
+		return rs, err
 	})
 	if err != nil {
 		return nil, raftUnavailable("proposal", err)
@@ -358,7 +388,11 @@ func (r *Replica) Read(ctx context.Context, stale bool, fn func(*State)) error {
 		return raftUnavailable("read", dragonboat.ErrClosed)
 	}
 	if stale {
-		if _, err := r.nh.StaleRead(r.cfg.ShardID, stateQuery(fn)); err != nil {
+		err := r.withNH(func(nh *dragonboat.NodeHost) error {
+			_, err := nh.StaleRead(r.cfg.ShardID, stateQuery(fn))
+			return err
+		})
+		if err != nil {
 			return raftUnavailable("stale read", err)
 		}
 		return nil
@@ -366,12 +400,20 @@ func (r *Replica) Read(ctx context.Context, stale bool, fn func(*State)) error {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	rs, _, err := r.await(ctx, readReissue, func(timeout time.Duration) (*dragonboat.RequestState, error) {
-		return r.nh.ReadIndex(r.cfg.ShardID, timeout)
+		var rs *dragonboat.RequestState
+		err := r.withNH(func(nh *dragonboat.NodeHost) (err error) {
+			rs, err = nh.ReadIndex(r.cfg.ShardID, timeout)
+			return err
+		})
+		return rs, err
 	})
 	if err != nil {
 		return raftUnavailable("read", err)
 	}
-	_, err = r.nh.ReadLocalNode(rs, stateQuery(fn))
+	err = r.withNH(func(nh *dragonboat.NodeHost) error {
+		_, err := nh.ReadLocalNode(rs, stateQuery(fn))
+		return err
+	})
 	rs.Release()
 	if err != nil {
 		return raftUnavailable("read", err)
@@ -432,6 +474,8 @@ func (r *Replica) await(ctx context.Context, reissue time.Duration,
 			case <-againC:
 				r.log.Debug("raft request pending too long: starting it again", "after", reissue)
 				continue
+			case <-r.closing.Done():
+				return nil, sm.Result{}, dragonboat.ErrClosed
 			case <-ctx.Done():
 				if errors.Is(ctx.Err(), context.Canceled) {
 					return nil, sm.Result{}, dragonboat.ErrCanceled
@@ -497,7 +541,10 @@ func (r *Replica) LeaderID() (leader, term uint64, ok bool) {
 	if r.closed.Load() {
 		return 0, 0, false
 	}
-	leader, term, ok, err := r.nh.GetLeaderID(r.cfg.ShardID)
+	err := r.withNH(func(nh *dragonboat.NodeHost) (err error) {
+		leader, term, ok, err = nh.GetLeaderID(r.cfg.ShardID)
+		return err
+	})
 	if err != nil {
 		return 0, 0, false
 	}
@@ -562,7 +609,9 @@ func (r *Replica) AddVoter(ctx context.Context, id uint64, addr string) error {
 		}
 		return false, nil
 	}, func(ctx context.Context, ccid uint64) error {
-		return r.nh.SyncRequestAddReplica(ctx, r.cfg.ShardID, id, addr, ccid)
+		return r.withNH(func(nh *dragonboat.NodeHost) error {
+			return nh.SyncRequestAddReplica(ctx, r.cfg.ShardID, id, addr, ccid)
+		})
 	})
 }
 
@@ -582,7 +631,9 @@ func (r *Replica) AddNonVoting(ctx context.Context, id uint64, addr string) erro
 		}
 		return false, nil
 	}, func(ctx context.Context, ccid uint64) error {
-		return r.nh.SyncRequestAddNonVoting(ctx, r.cfg.ShardID, id, addr, ccid)
+		return r.withNH(func(nh *dragonboat.NodeHost) error {
+			return nh.SyncRequestAddNonVoting(ctx, r.cfg.ShardID, id, addr, ccid)
+		})
 	})
 }
 
@@ -595,7 +646,9 @@ func (r *Replica) RemoveReplica(ctx context.Context, id uint64) error {
 		_, witness := m.Witnesses[id]
 		return !voter && !nonVoting && !witness, nil
 	}, func(ctx context.Context, ccid uint64) error {
-		return r.nh.SyncRequestDeleteReplica(ctx, r.cfg.ShardID, id, ccid)
+		return r.withNH(func(nh *dragonboat.NodeHost) error {
+			return nh.SyncRequestDeleteReplica(ctx, r.cfg.ShardID, id, ccid)
+		})
 	})
 }
 
@@ -624,7 +677,7 @@ func (r *Replica) changeMembership(ctx context.Context, what string, id uint64,
 		if _, removed := m.Removed[id]; removed {
 			return fmt.Errorf("%s %d: %w", what, id, ErrReplicaRemoved)
 		}
-		attempt, cancelAttempt := context.WithTimeout(ctx, proposalReissue)
+		attempt, cancelAttempt := r.attempt(ctx, proposalReissue)
 		err = r.retryDropped(attempt, func(ctx context.Context) error {
 			return change(ctx, m.ConfigChangeID)
 		})
@@ -641,6 +694,17 @@ func (r *Replica) changeMembership(ctx context.Context, what string, id uint64,
 	}
 }
 
+// attempt derives the context of one try of a blocking dragonboat call:
+// it ends after d, with ctx, or when Close starts.
+func (r *Replica) attempt(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	attempt, cancel := context.WithTimeout(ctx, d)
+	stop := context.AfterFunc(r.closing, cancel)
+	return attempt, func() {
+		stop()
+		cancel()
+	}
+}
+
 // membership reads the membership linearizably, asking again when a
 // read goes unanswered for readReissue.
 func (r *Replica) membership(ctx context.Context) (*dragonboat.Membership, error) {
@@ -648,12 +712,13 @@ func (r *Replica) membership(ctx context.Context) (*dragonboat.Membership, error
 		if r.closed.Load() {
 			return nil, dragonboat.ErrClosed
 		}
-		attempt, cancel := context.WithTimeout(ctx, readReissue)
+		attempt, cancel := r.attempt(ctx, readReissue)
 		var m *dragonboat.Membership
 		err := r.retryDropped(attempt, func(ctx context.Context) error {
-			var err error
-			m, err = r.nh.SyncGetShardMembership(ctx, r.cfg.ShardID)
-			return err
+			return r.withNH(func(nh *dragonboat.NodeHost) (err error) {
+				m, err = nh.SyncGetShardMembership(ctx, r.cfg.ShardID)
+				return err
+			})
 		})
 		cancel()
 		if err == nil {

@@ -287,6 +287,57 @@ func TestReplicaClose(t *testing.T) {
 	}
 }
 
+// TestReplicaCloseWhileBusy: Close during a storm of proposals, reads and
+// membership reads neither panics nor hangs, and every call that does
+// not succeed reports ErrUnavailable.
+func TestReplicaCloseWhileBusy(t *testing.T) {
+	verifyNoLeaks(t)
+	r := startSingle(t, ReplicaConfig{})
+	mustPropose(t, r, upsertNodeCmd(1))
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	var calls atomic.Int64
+	for g := 0; g < 12; g++ {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				var err error
+				switch g % 4 {
+				case 0:
+					_, err = r.Propose(ctx, createVMCmd(fmt.Sprintf("busy-%d-%d", g, i)))
+				case 1:
+					err = r.Read(ctx, false, func(*State) {})
+				case 2:
+					err = r.Read(ctx, true, func(*State) {})
+				case 3:
+					_, err = r.Membership(ctx)
+				}
+				cancel()
+				calls.Add(1)
+				if err != nil {
+					if !errors.Is(err, ErrUnavailable) {
+						errs <- fmt.Errorf("goroutine %d: %w", g, err)
+					}
+					return
+				}
+			}
+		})
+	}
+	waitFor(t, 10*time.Second, "some calls to go through", func() bool { return calls.Load() > 50 })
+	start := time.Now()
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Close and the calls in flight took %v to return", took)
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
 func TestReplicaConfigRejected(t *testing.T) {
 	verifyNoLeaks(t)
 	dir, addr := t.TempDir(), "127.0.0.1:1"
