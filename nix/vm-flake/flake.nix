@@ -78,9 +78,8 @@
                 tag = s.tag;
                 source = s.source;
                 mountPoint = s.mountPoint;
-                proto = s.proto or "virtiofs";
                 readOnly = s.readOnly or false;
-              })
+              } // (if (s.proto or "") != "" then { proto = s.proto; } else { }))
               (vm.shares or [ ]);
           };
         };

@@ -39,9 +39,9 @@
             "-device" "virtio-rng-device"
             "-cpu" "max"
             "-device" "i8042"
-            "-kernel" spec.kernel
+            "-kernel" spec.Kernel
           ]
-          ++ (if (spec.initrd or "") != "" then [ "-initrd" spec.initrd ] else [ ])
+          ++ (if (spec.Initrd or "") != "" then [ "-initrd" spec.Initrd ] else [ ])
           ++ [
             "-append" (builtins.concatStringsSep " " ([ "console=ttyS0" "reboot=t" "panic=-1" ] ++ config.boot.kernelParams))
             "-nographic"
@@ -64,7 +64,7 @@
 
         run = ''
           #!/bin/sh
-          # microvm-run (blixard test stub) for ${q config.networking.hostName}
+          # microvm-run (blixard test stub)
           exec "''${BLIXARD_STUB_QEMU:-qemu-system-x86_64}" ${builtins.concatStringsSep " " (map q qemuArgs)}
         '';
 
