@@ -217,7 +217,7 @@ func TestPrepareIsIdempotentAndRebuildsOnChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(log), "blixard: building the runner: ") || !strings.Contains(string(log), "building '/nix/store/") {
+	if !strings.Contains(string(log), "blixard: building the runner: ") || !strings.Contains(string(log), "Updated input 'microvm'") {
 		t.Errorf("console log lacks the build log:\n%s", log)
 	}
 }
