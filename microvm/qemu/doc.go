@@ -36,8 +36,14 @@
 // few real TCG boots of the guest from scripts/guest.sh, skipped with the
 // reason when qemu or the guest is missing.
 //
-// The network device is optional (Options.NoNetwork, or a spec without a
-// TAP); creating the TAP is the network step's job, not this package's.
+// Network: a spec with a TAP gets a virtio-net device on it and the guest
+// the routed configuration ip=<ip>::<gateway>:255.255.255.255:<name>:eth0:off.
+// Prepare makes the host side through Options.Network (microvm/network by
+// default: TAP, gateway /32, host route, anti-spoofing and tenant chains;
+// needs root) and Destroy removes it. Options.ExternalNetwork attaches to
+// TAPs made by something else and touches no host networking;
+// Options.NoNetwork boots without a NIC.
 //
-// Who may import it: cmd/ (wiring) and tests. It imports microvm only.
+// Who may import it: cmd/ (wiring) and tests. It imports microvm and
+// microvm/network.
 package qemu

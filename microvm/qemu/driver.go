@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/microvm"
+	"github.com/blixard/blixard/microvm/network"
 )
 
 // Options configure a Driver. Only Dir is required.
@@ -34,8 +35,17 @@ type Options struct {
 	// HostTSCKHz().
 	TSCKHz uint64
 	// NoNetwork starts VMs without a network device even when their spec
-	// names a TAP.
+	// names a TAP. No host networking is touched.
 	NoNetwork bool
+	// ExternalNetwork attaches VMs to TAPs that something else makes and
+	// removes (the operator, systemd-networkd, microvm.nix's host module):
+	// the driver changes no host networking, so it needs no root for it.
+	ExternalNetwork bool
+	// Network makes the host side of each VM's network (TAP, address,
+	// route, iptables chains) in Prepare and removes it in Destroy. nil
+	// means microvm/network on this process's network namespace, which
+	// needs root. Unused with NoNetwork or ExternalNetwork.
+	Network Network
 	// Supervisor runs the qemu processes; nil means an ExecSupervisor.
 	Supervisor Supervisor
 	// StartTimeout bounds how long Start waits for qemu to open its QMP
@@ -45,6 +55,13 @@ type Options struct {
 	// and the log is larger; 0 means 16 MiB, negative never rotates.
 	MaxLogBytes int64
 	Logger      *slog.Logger
+}
+
+// Network sets up and tears down the host side of VM networks;
+// *network.Host implements it. Both methods are idempotent.
+type Network interface {
+	Setup(ctx context.Context, vm network.VM) error
+	Teardown(ctx context.Context, vm network.VM) error
 }
 
 // Driver runs microVMs as qemu processes on this host. It satisfies the
@@ -124,6 +141,9 @@ func New(opts Options) (*Driver, error) {
 	}
 	if d.log == nil {
 		d.log = slog.Default()
+	}
+	if d.opts.Network == nil {
+		d.opts.Network = &network.Host{Logger: d.log}
 	}
 	d.life, d.cancel = context.WithCancel(context.Background())
 	return d, nil
@@ -264,9 +284,28 @@ func (d *Driver) machine(spec microvm.Spec, accel Accel) Machine {
 	}
 }
 
+// managesNetwork reports whether the driver makes spec's host network.
+func (d *Driver) managesNetwork(spec microvm.Spec) bool {
+	return !d.opts.NoNetwork && !d.opts.ExternalNetwork && spec.TAP != ""
+}
+
+// netVM is the host network of spec: one TAP queue per vcpu, as the
+// netdev on the command line asks for.
+func netVM(spec microvm.Spec) network.VM {
+	q := int(spec.Vcpus)
+	if q < 1 {
+		q = 1
+	}
+	return network.VM{
+		Name: spec.Name, TAP: spec.TAP, IP: spec.IP, MAC: spec.MAC,
+		Gateway: spec.Gateway, Tenant: spec.Tenant, Queues: q,
+	}
+}
+
 // Prepare implements the Driver contract: validates spec, creates the
-// state dir and missing volume images (truncate + mkfs.ext4), and records
-// the spec. A running instance is left alone.
+// state dir and missing volume images (truncate + mkfs.ext4), makes the
+// host network (unless NoNetwork or ExternalNetwork), and records the
+// spec. A running instance is left alone.
 func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
@@ -286,8 +325,14 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 			return fmt.Errorf("preparing vm %s: volume %s: %w", spec.Name, vol.Name, err)
 		}
 	}
+	// The spec is recorded first: Destroy finds the network to remove in it.
 	if err := writeJSON(filepath.Join(m.StateDir, specFile), spec); err != nil {
 		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
+	}
+	if d.managesNetwork(spec) {
+		if err := d.opts.Network.Setup(ctx, netVM(spec)); err != nil {
+			return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
+		}
 	}
 	v, err := d.lookup(spec.Name)
 	if err != nil {
@@ -543,10 +588,28 @@ func (d *Driver) powerdown(ctx context.Context, v *vm, exited <-chan struct{}, g
 }
 
 // Destroy implements the Driver contract: kill without grace, remove the
-// state dir (with the volume images kept there; images elsewhere stay).
+// host network the driver made, then the state dir (with the volume images
+// kept there; images elsewhere stay).
 func (d *Driver) Destroy(ctx context.Context, name string) error {
+	v, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	var spec microvm.Spec
+	if v != nil {
+		v.mu.Lock()
+		spec = v.spec.Clone()
+		v.mu.Unlock()
+	}
 	if err := d.stop(ctx, name, 0, "destroyed"); err != nil {
 		return err
+	}
+	if v != nil && d.managesNetwork(spec) {
+		// Before the state dir goes: a failed Destroy is retried with the
+		// spec still on disk.
+		if err := d.opts.Network.Teardown(ctx, netVM(spec)); err != nil {
+			return fmt.Errorf("destroying vm %s: %w", name, err)
+		}
 	}
 	d.mu.Lock()
 	delete(d.vms, name)

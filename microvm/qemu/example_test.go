@@ -19,7 +19,8 @@ func Example() {
 	d, err := qemu.New(qemu.Options{
 		Dir:   "/var/lib/blixard/vms",
 		Accel: accel,
-		// Without a network step that creates the TAPs, boot without NICs.
+		// Without root, boot without NICs. As root, leave it false: Prepare
+		// makes each VM's TAP, route and iptables chains, Destroy removes them.
 		NoNetwork: true,
 	})
 	if err != nil {
