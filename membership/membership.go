@@ -2,6 +2,7 @@ package membership
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -101,6 +102,8 @@ type Gossip struct {
 	log  *slog.Logger
 	list *memberlist.Memberlist
 
+	replies chan JoinReply
+
 	mu       sync.Mutex
 	meta     []byte
 	members  map[string]*Member
@@ -126,7 +129,7 @@ func Start(cfg Config) (*Gossip, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip address %q: %w", cfg.BindAddr, err)
 	}
-	g := &Gossip{cfg: cfg, log: cfg.Logger.With("lib", "memberlist"), meta: meta, members: map[string]*Member{}}
+	g := &Gossip{cfg: cfg, log: cfg.Logger.With("lib", "memberlist"), meta: meta, members: map[string]*Member{}, replies: make(chan JoinReply, 1)}
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = NodeName(cfg.Meta.NodeID)
@@ -341,6 +344,12 @@ func (d *delegate) NodeMeta(limit int) []byte {
 }
 
 func (d *delegate) NotifyMsg(b []byte) {
+	if r, err := DecodeJoinReply(b); err == nil && r.NodeID == d.cfg.Meta.NodeID {
+		select {
+		case d.replies <- r:
+		default: // one pending reply is enough; the leader repeats it
+		}
+	}
 	if d.cfg.OnMessage != nil {
 		d.cfg.OnMessage(b)
 	}
@@ -385,6 +394,21 @@ type JoinReply struct {
 func (r JoinReply) Encode() []byte {
 	b, _ := json.Marshal(r)
 	return b
+}
+
+// AwaitJoinReply waits for the Raft leader's answer to this node's join
+// (its metadata must announce Joining). A reply with Error is returned as
+// an error.
+func (g *Gossip) AwaitJoinReply(ctx context.Context) (JoinReply, error) {
+	select {
+	case r := <-g.replies:
+		if r.Error != "" {
+			return r, errors.New(r.Error)
+		}
+		return r, nil
+	case <-ctx.Done():
+		return JoinReply{}, ctx.Err()
+	}
 }
 
 // DecodeJoinReply parses a JoinReply.

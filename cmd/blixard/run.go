@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/blixard/blixard/actors"
 	"github.com/blixard/blixard/consensus"
+	"github.com/blixard/blixard/membership"
 	"github.com/blixard/blixard/microvm/fake"
 	"github.com/blixard/blixard/microvm/qemu"
 )
@@ -44,6 +46,19 @@ type runFlags struct {
 	logLevel       string
 	stopVMsOnExit  bool
 	subnet         string
+	gossip         gossipFlags
+}
+
+// gossipFlags are the membership and failover flags of `blixard run`.
+type gossipFlags struct {
+	keyFile        string
+	maxVoters      int
+	downGrace      time.Duration
+	fenceTimeout   time.Duration
+	probeInterval  time.Duration
+	probeTimeout   time.Duration
+	suspicionMult  int
+	gossipInterval time.Duration
 }
 
 func (a *app) runCmd() *cobra.Command {
@@ -80,9 +95,9 @@ fake driver.`,
 	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/blixard", "directory for the Raft log, snapshots and VM state")
 	fl.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7001", "host:port of the api (clients and other nodes connect here)")
 	fl.StringVar(&f.raftAddr, "raft-addr", "127.0.0.1:7002", "host:port of Raft traffic")
-	fl.StringVar(&f.gossipAddr, "gossip-addr", "127.0.0.1:7003", "host:port of gossip membership (accepted and recorded; unused until gossip membership lands)")
+	fl.StringVar(&f.gossipAddr, "gossip-addr", "127.0.0.1:7003", "host:port of gossip membership (TCP and UDP)")
 	fl.StringVar(&f.initialCluster, "initial-cluster", "", "initial members as id=raft-host:port,... (the same value on every initial member)")
-	fl.StringVar(&f.join, "join", "", "gossip address(es) of existing members, host:port[,host:port]: start as a replica the cluster adds (until gossip membership lands, the cluster must add it explicitly)")
+	fl.StringVar(&f.join, "join", "", "gossip address(es) of existing members, host:port[,host:port]: a fresh node waits for the leader to add it to Raft; a node with a data dir restarts and re-joins gossip")
 	fl.StringVar(&f.driver, "driver", "qemu", "VM driver: fake|qemu|nix (nix is not available in this build yet)")
 	fl.StringVar(&f.accel, "accel", "auto", "qemu acceleration: auto|kvm|tcg")
 	fl.Uint32Var(&f.vcpus, "vcpus", 0, "vCPUs this node offers to VMs (default: the host's CPUs)")
@@ -91,6 +106,14 @@ fake driver.`,
 	fl.StringVar(&f.logFormat, "log-format", "auto", "log format: text|json|auto (text on a terminal, JSON otherwise)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug|info|warn|error")
 	fl.StringVar(&f.subnet, "subnet", "", "IPv4 CIDR for VM addresses, applied when this node initialises a new cluster (default 10.0.0.0/24)")
+	fl.StringVar(&f.gossip.keyFile, "gossip-key-file", "", "file holding the shared gossip encryption key (16, 24 or 32 bytes; raw, base64 or hex); every member needs the same key")
+	fl.IntVar(&f.gossip.maxVoters, "max-voters", actors.DefaultMaxVoters, "voting Raft members the leader adds before further joiners become non-voting")
+	fl.DurationVar(&f.gossip.downGrace, "down-grace", actors.DefaultDownGrace, "how long a member stays dead in gossip before it is set down and its VMs re-placed (must exceed --fence-timeout)")
+	fl.DurationVar(&f.gossip.fenceTimeout, "fence-timeout", actors.DefaultFenceTimeout, "stop this node's VMs after this long without contact with a Raft quorum (0 disables self-fencing)")
+	fl.DurationVar(&f.gossip.probeInterval, "gossip-probe-interval", membership.DefaultProbeInterval, "gossip failure-detection probe interval")
+	fl.DurationVar(&f.gossip.probeTimeout, "gossip-probe-timeout", membership.DefaultProbeTimeout, "gossip probe timeout (an RTT bound)")
+	fl.IntVar(&f.gossip.suspicionMult, "gossip-suspicion-mult", membership.DefaultSuspicionMult, "a suspected member is declared dead after this many probe intervals (times log10 of the cluster size)")
+	fl.DurationVar(&f.gossip.gossipInterval, "gossip-interval", membership.DefaultGossipInterval, "interval of gossip messages")
 	fl.BoolVar(&f.stopVMsOnExit, "stop-vms-on-exit", false, "stop this node's VMs when the agent exits (default: leave them running for the next start to adopt)")
 	return cmd
 }
@@ -140,6 +163,15 @@ func (f *runFlags) check(cmd *cobra.Command) (nodeSetup, error) {
 		if _, err := netip.ParsePrefix(f.subnet); err != nil {
 			return s, usagef("invalid --subnet %q: want an IPv4 CIDR such as 10.0.0.0/16", f.subnet)
 		}
+	}
+	if f.gossip.maxVoters < 1 {
+		return s, usagef("invalid --max-voters %d: want at least 1", f.gossip.maxVoters)
+	}
+	if f.gossip.downGrace <= 0 || f.gossip.fenceTimeout < 0 || f.gossip.probeInterval <= 0 || f.gossip.probeTimeout <= 0 || f.gossip.gossipInterval <= 0 || f.gossip.suspicionMult < 1 {
+		return s, usagef("gossip timings must be positive (--fence-timeout may be 0 to disable fencing)")
+	}
+	if f.gossip.fenceTimeout > 0 && f.gossip.fenceTimeout >= f.gossip.downGrace {
+		return s, usagef("--fence-timeout %s must be shorter than --down-grace %s: a node must stop its VMs before the cluster re-places them", f.gossip.fenceTimeout, f.gossip.downGrace)
 	}
 	if f.initialCluster != "" && f.join != "" {
 		return s, usagef("--initial-cluster and --join exclude each other")
@@ -285,9 +317,14 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 		return fmt.Errorf("driver nix is not available in this build yet; use --driver qemu or --driver fake")
 	}
 
-	if len(s.joinAddrs) > 0 {
-		log.Warn("joining: gossip membership is not implemented yet; this replica waits until the cluster adds it as a member", "join", s.joinAddrs)
+	gossip, role, err := startGossip(ctx, log, f, s, dataDir, vcpus, mem)
+	if err != nil {
+		if c, ok := driver.(actors.DriverCloser); ok {
+			c.Close()
+		}
+		return err
 	}
+	defer gossip.Shutdown()
 	node, err := actors.StartNode(actors.NodeConfig{
 		NodeID:     f.nodeID,
 		APIAddr:    f.apiAddr,
@@ -306,13 +343,19 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 				DataDir:        dataDir,
 				RaftAddr:       f.raftAddr,
 				InitialMembers: s.members,
-				Join:           len(s.joinAddrs) > 0,
+				Join:           role.join,
+				NonVoting:      role.nonVoting,
 				Logger:         log,
 				OnEffects:      onEffects,
 				OnRestore:      onRestore,
 			})
 		},
 		StopVMsOnExit: f.stopVMsOnExit,
+		Gossip:        gossip,
+		GossipEvents:  gossip.events,
+		MaxVoters:     f.gossip.maxVoters,
+		DownGrace:     f.gossip.downGrace,
+		FenceTimeout:  f.gossip.fenceTimeout,
 	})
 	if err != nil {
 		if c, ok := driver.(actors.DriverCloser); ok {
@@ -323,6 +366,7 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 	select {
 	case <-node.Ready():
 		log.Info("node ready", "api_addr", node.Addr())
+		gossip.joined()
 		if f.dev {
 			fmt.Fprintf(a.stdout, "blixard dev node ready: api %s (try: blixard vm create web --wait)\n", node.Addr())
 		}
@@ -354,4 +398,127 @@ func hostMemoryMB() (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no MemTotal in /proc/meminfo")
+}
+
+// nodeGossip is the node's gossip member and the signal of its changes.
+type nodeGossip struct {
+	*membership.Gossip
+	meta   membership.Meta
+	events chan struct{}
+	log    *slog.Logger
+}
+
+// joined stops announcing Joining once the node's replica is ready.
+func (g *nodeGossip) joined() {
+	if !g.meta.Joining {
+		return
+	}
+	g.meta.Joining = false
+	if err := g.SetMeta(g.meta); err != nil {
+		g.log.Warn("announcing join done", "err", err)
+	}
+}
+
+// replicaRole is how the local replica starts.
+type replicaRole struct{ join, nonVoting bool }
+
+// startGossip starts the gossip member and joins --join. A node whose
+// data dir records no Raft role (see membership.WriteRole) and that was
+// given --join is new: it announces Joining and waits until the Raft
+// leader adds it and answers with its role (voter or non-voting), which
+// is recorded before the replica starts in join mode. A node with a
+// recorded role restarts its replica in that role.
+func startGossip(ctx context.Context, log *slog.Logger, f runFlags, s nodeSetup, dataDir string, vcpus uint32, mem uint64) (*nodeGossip, replicaRole, error) {
+	var rr replicaRole
+	var key []byte
+	if f.gossip.keyFile != "" {
+		k, err := membership.LoadKey(f.gossip.keyFile)
+		if err != nil {
+			return nil, rr, err
+		}
+		key = k
+	}
+	role, haveRole, err := membership.ReadRole(dataDir)
+	if err != nil {
+		return nil, rr, err
+	}
+	rr.nonVoting = role == actors.RoleNonVoting
+	meta := membership.Meta{NodeID: f.nodeID, APIAddr: f.apiAddr, RaftAddr: f.raftAddr, GossipAddr: f.gossipAddr,
+		Vcpus: vcpus, MemoryMB: mem, Version: Version, Joining: len(s.joinAddrs) > 0 && !haveRole}
+	g := &nodeGossip{meta: meta, events: make(chan struct{}, 1), log: log}
+	gm, err := membership.Start(membership.Config{
+		Meta: meta, BindAddr: f.gossipAddr, Key: key,
+		ProbeInterval: f.gossip.probeInterval, ProbeTimeout: f.gossip.probeTimeout,
+		SuspicionMult: f.gossip.suspicionMult, GossipInterval: f.gossip.gossipInterval,
+		OnChange: func() {
+			select {
+			case g.events <- struct{}{}:
+			default:
+			}
+		},
+		Logger: log,
+	})
+	if err != nil {
+		return nil, rr, err
+	}
+	g.Gossip = gm
+	if len(s.joinAddrs) == 0 {
+		return g, rr, nil
+	}
+	// Join through any listed member, retrying while none answers.
+	for attempt := 0; ; attempt++ {
+		_, err := gm.Join(s.joinAddrs)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, membership.ErrNodeIDInUse) {
+			gm.Shutdown()
+			return nil, rr, err
+		}
+		if attempt%10 == 0 {
+			log.Warn("joining gossip failed; retrying", "join", s.joinAddrs, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			gm.Shutdown()
+			return nil, rr, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	log.Info("joined gossip", "through", s.joinAddrs, "members", len(gm.Members()))
+	if haveRole {
+		return g, rr, nil
+	}
+	log.Info("waiting for the raft leader to add this node", "node", f.nodeID)
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		reply, err := gm.AwaitJoinReply(wctx)
+		cancel()
+		if err == nil {
+			if reply.Role != actors.RoleVoter && reply.Role != actors.RoleNonVoting {
+				gm.Shutdown()
+				return nil, rr, fmt.Errorf("joining: the leader answered an unknown role %q", reply.Role)
+			}
+			if err := membership.WriteRole(dataDir, reply.Role); err != nil {
+				gm.Shutdown()
+				return nil, rr, err
+			}
+			log.Info("added to the cluster", "role", reply.Role)
+			rr.join, rr.nonVoting = true, reply.Role == actors.RoleNonVoting
+			return g, rr, nil
+		}
+		if ctx.Err() != nil {
+			gm.Shutdown()
+			return nil, rr, ctx.Err()
+		}
+		if cerr := gm.Conflict(); cerr != nil {
+			gm.Shutdown()
+			return nil, rr, cerr
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			gm.Shutdown()
+			return nil, rr, fmt.Errorf("joining the cluster refused: %w", err)
+		}
+		log.Warn("still waiting for the raft leader to add this node (is a leader running, and does it see this node by gossip?)")
+	}
 }
