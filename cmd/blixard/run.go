@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -24,8 +23,6 @@ import (
 	"github.com/blixard/blixard/actors"
 	"github.com/blixard/blixard/consensus"
 	"github.com/blixard/blixard/membership"
-	"github.com/blixard/blixard/microvm/fake"
-	"github.com/blixard/blixard/microvm/qemu"
 )
 
 // runFlags are the flags of `blixard run`.
@@ -45,6 +42,7 @@ type runFlags struct {
 	logFormat      string
 	logLevel       string
 	stopVMsOnExit  bool
+	noNetwork      bool
 	subnet         string
 	gossip         gossipFlags
 }
@@ -100,6 +98,7 @@ fake driver.`,
 	fl.StringVar(&f.join, "join", "", "gossip address(es) of existing members, host:port[,host:port]: a fresh node waits for the leader to add it to Raft; a node with a data dir restarts and re-joins gossip")
 	fl.StringVar(&f.driver, "driver", "qemu", "VM driver: fake|qemu|nix (nix is not available in this build yet)")
 	fl.StringVar(&f.accel, "accel", "auto", "qemu acceleration: auto|kvm|tcg")
+	fl.BoolVar(&f.noNetwork, "no-network", false, "qemu driver: boot VMs without a network device (the default gives each VM a TAP, host route and iptables rules, which needs root)")
 	fl.Uint32Var(&f.vcpus, "vcpus", 0, "vCPUs this node offers to VMs (default: the host's CPUs)")
 	fl.Uint64Var(&f.memoryMB, "memory-mb", 0, "memory in MiB this node offers to VMs (default: the host's memory)")
 	fl.BoolVar(&f.dev, "dev", false, "development mode: single node 1, temporary data dir, fake driver")
@@ -299,22 +298,9 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 		mem = m
 	}
 
-	var driver actors.Driver
-	switch f.driver {
-	case "fake":
-		d, err := fake.New(filepath.Join(dataDir, "fake"), fake.WithNodeID(f.nodeID))
-		if err != nil {
-			return err
-		}
-		driver = d
-	case "qemu":
-		d, err := qemu.New(qemu.Options{Dir: filepath.Join(dataDir, "vms"), Accel: qemu.Accel(f.accel), Logger: log})
-		if err != nil {
-			return err
-		}
-		driver = d
-	case "nix":
-		return fmt.Errorf("driver nix is not available in this build yet; use --driver qemu or --driver fake")
+	driver, err := newDriver(f, dataDir, log)
+	if err != nil {
+		return err
 	}
 
 	gossip, role, err := startGossip(ctx, log, f, s, dataDir, vcpus, mem)

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/blixard/blixard/actors"
+	"github.com/blixard/blixard/microvm/fake"
+	"github.com/blixard/blixard/microvm/qemu"
+)
+
+// newDriver builds the VM driver that `run --driver` names, with its state
+// under dataDir. To add a driver: a case here, a new*Driver function below
+// taking what it needs from runFlags, and its name in runFlags.check.
+func newDriver(f runFlags, dataDir string, log *slog.Logger) (actors.Driver, error) {
+	switch f.driver {
+	case "fake":
+		return fake.New(filepath.Join(dataDir, "fake"), fake.WithNodeID(f.nodeID))
+	case "qemu":
+		return newQemuDriver(f, dataDir, log)
+	case "nix":
+		return nil, errors.New("driver nix is not available in this build yet; use --driver qemu or --driver fake")
+	}
+	return nil, fmt.Errorf("unknown driver %q", f.driver)
+}
+
+// geteuid is os.Geteuid; tests replace it.
+var geteuid = os.Geteuid
+
+// newQemuDriver builds the qemu driver. With networking (the default) each
+// VM gets a TAP, a host route and iptables chains, which needs root and the
+// iptables command; --no-network boots VMs without a NIC instead.
+func newQemuDriver(f runFlags, dataDir string, log *slog.Logger) (actors.Driver, error) {
+	if !f.noNetwork {
+		if geteuid() != 0 {
+			return nil, errors.New("the qemu driver gives each VM a TAP, a host route and iptables rules, which needs root: run blixard as root, or pass --no-network to boot VMs without a network")
+		}
+		if _, err := exec.LookPath("iptables"); err != nil {
+			return nil, errors.New("the qemu driver's VM networking needs the iptables command (Debian: apt-get install iptables), or pass --no-network to boot VMs without a network")
+		}
+	}
+	return qemu.New(qemu.Options{
+		Dir:       filepath.Join(dataDir, "vms"),
+		Accel:     qemu.Accel(f.accel),
+		NoNetwork: f.noNetwork,
+		Logger:    log,
+	})
+}
