@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -376,4 +377,74 @@ func countCopies(t *testing.T, nodes []*testNode) map[string]int {
 		}
 	}
 	return out
+}
+
+// TestSelfFencing freezes two of three nodes (SIGSTOP): the third loses
+// its quorum and must stop its VMs within --fence-timeout (plus one read
+// timeout and the stop). Thawed, the cluster converges: every VM runs
+// exactly once again.
+func TestSelfFencing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test: builds the binary and runs three nodes")
+	}
+	bin := buildBinary(t)
+	c := newJoinCluster(t, bin, 3)
+	n1 := c.nodes[0]
+	c.startJoin(n1, "")
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true})
+	c.startJoin(c.nodes[1], n1.gossip)
+	c.startJoin(c.nodes[2], n1.gossip)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true})
+	for i := 0; i < 6; i++ {
+		c.mustCLI("--addr", n1.api, "vm", "create", fmt.Sprintf("vm%d", i), "--wait")
+	}
+	vms, out, ok := c.vmList(n1.api, false)
+	if !ok {
+		t.Fatal(out)
+	}
+	var isolated *testNode
+	for _, nd := range c.nodes {
+		if len(fakeRunning(t, nd)) > 0 {
+			isolated = nd
+			break
+		}
+	}
+	if isolated == nil {
+		t.Fatal("no node runs a VM")
+	}
+	frozen := liveNodes(c, isolated)
+	for _, nd := range frozen {
+		nd.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+	stoppedAt := time.Now()
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			for _, nd := range frozen {
+				nd.cmd.Process.Signal(syscall.SIGCONT)
+			}
+		}
+	}
+	t.Cleanup(thaw)
+	waitUntil(t, 15*time.Second, fmt.Sprintf("isolated node %d stops its VMs", isolated.id), func() (bool, string) {
+		r := fakeRunning(t, isolated)
+		return len(r) == 0, fmt.Sprintf("still running: %v", r)
+	})
+	fencedIn := time.Since(stoppedAt)
+	t.Logf("MEASURE quorum lost -> isolated node's VMs stopped: %s (fence timeout 3s)", fencedIn.Round(time.Millisecond))
+	if fencedIn < 3*time.Second {
+		t.Fatalf("fenced after %s, before the 3s fence timeout", fencedIn)
+	}
+	thaw()
+	waitUntil(t, time.Minute, "every VM running exactly once after the thaw", func() (bool, string) {
+		cur, out, ok := c.vmList(n1.api, false)
+		if !ok {
+			return false, out
+		}
+		if len(cur) != len(vms) {
+			return false, fmt.Sprintf("%d vms, want %d", len(cur), len(vms))
+		}
+		return runningOnce(t, cur, c.nodes)
+	})
 }
