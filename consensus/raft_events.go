@@ -14,8 +14,13 @@ import (
 type raftEvents struct {
 	log *slog.Logger
 
-	mu       sync.Mutex
-	leaderCh chan struct{} // closed when the next leader is elected
+	mu           sync.Mutex
+	leaderCh     chan struct{} // closed when the next leader is elected
+	membershipCh chan struct{} // closed at the next membership change
+
+	// lastSnapshot is the highest index of a snapshot this replica took
+	// or received since it started.
+	lastSnapshot atomic.Uint64
 
 	snapshotsCreated  atomic.Uint64
 	snapshotsReceived atomic.Uint64
@@ -69,6 +74,32 @@ func (e *raftEvents) NodeReady(info raftio.NodeInfo) {
 
 func (e *raftEvents) MembershipChanged(info raftio.NodeInfo) {
 	e.log.Info("raft membership changed", "shard", info.ShardID)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.membershipCh != nil {
+		close(e.membershipCh)
+		e.membershipCh = nil
+	}
+}
+
+// nextMembershipChange returns a channel that is closed when the replica
+// next applies a membership change.
+func (e *raftEvents) nextMembershipChange() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.membershipCh == nil {
+		e.membershipCh = make(chan struct{})
+	}
+	return e.membershipCh
+}
+
+func (e *raftEvents) sawSnapshot(index uint64) {
+	for {
+		cur := e.lastSnapshot.Load()
+		if index <= cur || e.lastSnapshot.CompareAndSwap(cur, index) {
+			return
+		}
+	}
 }
 
 func (e *raftEvents) SendSnapshotCompleted(info raftio.SnapshotInfo) {
@@ -82,10 +113,12 @@ func (e *raftEvents) SendSnapshotAborted(info raftio.SnapshotInfo) {
 
 func (e *raftEvents) SnapshotReceived(info raftio.SnapshotInfo) {
 	e.snapshotsReceived.Add(1)
+	e.sawSnapshot(info.Index)
 	e.log.Info("raft snapshot received", "from", info.From, "index", info.Index)
 }
 
 func (e *raftEvents) SnapshotCreated(info raftio.SnapshotInfo) {
 	e.snapshotsCreated.Add(1)
+	e.sawSnapshot(info.Index)
 	e.log.Debug("raft snapshot created", "index", info.Index)
 }

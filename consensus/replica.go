@@ -72,15 +72,13 @@ type ReplicaConfig struct {
 	// or AddNonVoting on the leader) instead of bootstrapping one. It is
 	// ignored once the data dir has been bootstrapped.
 	Join bool
-	// NonVoting starts the replica in dragonboat's non-voting state. Set
-	// it on the first start of a replica added with AddNonVoting, and on
-	// every restart for as long as the replica's log may still replay
-	// that addition: dragonboat panics when a replica started as a voter
-	// applies its own addition as non-voting. A replica promoted since
-	// then turns into a voter when it replays the promotion. Clear it
-	// only once a local snapshot covers the promotion (a replica whose
-	// snapshot already makes it a voter must start as one). Whoever drives
-	// membership changes owns this bookkeeping.
+	// NonVoting starts a joining replica as non-voting: set it (with Join)
+	// on the first start of a replica the leader added with AddNonVoting;
+	// one added with AddVoter starts without it. The two must match, or
+	// dragonboat panics when the replica applies its own addition. On
+	// restarts the field is ignored: the replica records its role in the
+	// data dir and keeps starting as non-voting until a local snapshot
+	// covers its promotion (see replica_role.go).
 	NonVoting bool
 	// SnapshotEntries is how many applied entries trigger a snapshot
 	// (default 10000); CompactionOverhead is how many entries before a
@@ -231,6 +229,7 @@ type Replica struct {
 	closeOnce   sync.Once
 	closing     context.Context
 	stopClosing context.CancelFunc
+	bg          sync.WaitGroup // background goroutines, stopped by Close
 }
 
 // withNH runs f with the NodeHost unless the replica is closed.
@@ -278,11 +277,21 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 		},
 	}
 
+	bootstrapped := nh.HasNodeInfo(cfg.ShardID, cfg.ReplicaID)
+	nonVoting, err := startNonVoting(cfg, bootstrapped)
+	if err != nil {
+		stopClosing()
+		nh.Close()
+		return nil, fmt.Errorf("starting raft replica %d: recording its role: %w", cfg.ReplicaID, err)
+	}
+	cfg.NonVoting = nonVoting
+	r.cfg.NonVoting = nonVoting
+
 	members := map[uint64]dragonboat.Target{}
 	join := false
 	mode := "restart"
 	switch {
-	case nh.HasNodeInfo(cfg.ShardID, cfg.ReplicaID):
+	case bootstrapped:
 		// Already bootstrapped: dragonboat recovers from its own records
 		// and rejects a member list that differs from the recorded one.
 	case cfg.Join:
@@ -302,7 +311,11 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 		nh.Close()
 		return nil, fmt.Errorf("starting raft replica %d (%s): %w", cfg.ReplicaID, mode, err)
 	}
-	log.Info("raft replica started", "mode", mode, "raft_addr", cfg.RaftAddr, "shard", cfg.ShardID)
+	log.Info("raft replica started", "mode", mode, "non_voting", nonVoting, "raft_addr", cfg.RaftAddr, "shard", cfg.ShardID)
+	if nonVoting {
+		r.bg.Add(1)
+		go r.promotionWatcher()
+	}
 	return r, nil
 }
 
@@ -316,8 +329,9 @@ func (r *Replica) Close() error {
 		r.closed.Store(true)
 		r.stopClosing()
 		r.mu.Lock()
-		defer r.mu.Unlock()
 		r.nh.Close()
+		r.mu.Unlock()
+		r.bg.Wait()
 		r.log.Info("raft replica stopped")
 	})
 	return nil

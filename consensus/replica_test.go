@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -386,8 +388,23 @@ func TestReplicaMembership(t *testing.T) {
 		t.Fatalf("adding non-voting replica 2 again (must be a no-op): %v", err)
 	}
 	r2 := startSingle(t, ReplicaConfig{ReplicaID: 2, RaftAddr: addr2, Join: true, NonVoting: true})
+	if _, err := os.Stat(filepath.Join(r2.cfg.DataDir, nonVotingMarker)); err != nil {
+		t.Fatalf("non-voting replica 2 has no role marker: %v", err)
+	}
 	if got := vmNames(t, r2, false); fmt.Sprint(got) != "[before-join]" {
 		t.Fatalf("joined replica holds vms %v, want [before-join]", got)
+	}
+	// Restarted while non-voting, without the flag: its marker keeps it
+	// non-voting (as a voter it would panic replaying its own addition).
+	if err := r2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2 = startSingle(t, ReplicaConfig{ReplicaID: 2, DataDir: r2.cfg.DataDir, RaftAddr: addr2})
+	if !r2.cfg.NonVoting {
+		t.Fatal("non-voting replica 2 restarted as a voter")
+	}
+	if got := vmNames(t, r2, false); fmt.Sprint(got) != "[before-join]" {
+		t.Fatalf("restarted non-voting replica holds vms %v, want [before-join]", got)
 	}
 	m, err := r1.Membership(ctx)
 	if err != nil {
@@ -409,14 +426,21 @@ func TestReplicaMembership(t *testing.T) {
 	}
 	mustPropose(t, r2, createVMCmd("after-promotion"))
 
-	// A replica that joined restarts from its data dir like any other
-	// (Join is then ignored). It joined as non-voting and its log still
-	// holds that change, so it restarts as non-voting and becomes a voter
-	// again as it replays its promotion.
+	// Once promoted, replica 2 takes a snapshot covering its promotion and
+	// drops its non-voting marker; restarted from its data dir it starts
+	// as the voter it is (Join and NonVoting are ignored on restarts).
+	marker := filepath.Join(r2.cfg.DataDir, nonVotingMarker)
+	waitFor(t, 20*time.Second, "replica 2 to drop its non-voting marker", func() bool {
+		_, err := os.Stat(marker)
+		return errors.Is(err, os.ErrNotExist)
+	})
 	if err := r2.Close(); err != nil {
 		t.Fatal(err)
 	}
 	r2 = startSingle(t, ReplicaConfig{ReplicaID: 2, DataDir: r2.cfg.DataDir, RaftAddr: addr2, Join: true, NonVoting: true})
+	if r2.cfg.NonVoting {
+		t.Error("promoted replica 2 restarted as non-voting")
+	}
 	mustPropose(t, r2, createVMCmd("after-restart"))
 	if got := vmNames(t, r2, false); fmt.Sprint(got) != "[after-promotion after-restart before-join]" {
 		t.Fatalf("restarted replica 2 holds vms %v", got)
