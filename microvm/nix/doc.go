@@ -31,11 +31,18 @@
 // SIGKILL once the grace period has passed; runners without
 // microvm-shutdown get SIGTERM instead.
 //
+// Networking is the qemu driver's: Prepare makes the VM's host network
+// (TAP with one queue per vcpu, /32 route, iptables chains) through
+// microvm/network, Destroy removes it; Options.NoNetwork leaves the
+// interface out of the VM, Options.ExternalNetwork uses TAPs made by
+// someone else (microvm.nix's host module).
+//
 // Flake inputs are pinned by nix/vm-flake/flake.lock; Options.OverrideInputs
 // replaces them per node (a local nixpkgs checkout, a microvm.nix fork, or
 // the stub flakes in nix/testdata that the tests use, because this
 // development machine has no nixpkgs).
 //
 // Who may import it: cmd/ (wiring) and tests. It imports microvm,
-// microvm/qemu (the supervisor) and nix (the embedded flake).
+// microvm/network, microvm/qemu (the supervisor) and nix (the embedded
+// flake).
 package nix

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/microvm"
+	"github.com/blixard/blixard/microvm/network"
 	"github.com/blixard/blixard/microvm/qemu"
 	nixfiles "github.com/blixard/blixard/nix"
 )
@@ -50,6 +51,18 @@ type Options struct {
 	// ExtraArgs are added to every nix build, before the installable
 	// (e.g. --option sandbox false, --option substituters '').
 	ExtraArgs []string
+	// NoNetwork builds VMs without a network interface even when their
+	// spec names a TAP. No host networking is touched.
+	NoNetwork bool
+	// ExternalNetwork attaches VMs to TAPs that something else makes and
+	// removes (the operator, microvm.nix's host module): the driver changes
+	// no host networking.
+	ExternalNetwork bool
+	// Network makes the host side of each VM's network (TAP, route,
+	// iptables chains); nil means microvm/network on this process's network
+	// namespace, which needs root. Unused with NoNetwork or
+	// ExternalNetwork.
+	Network Network
 	// Supervisor runs the runners; nil means a qemu.ExecSupervisor.
 	Supervisor qemu.Supervisor
 	// StartTimeout bounds how long Start waits for the hypervisor's
@@ -59,6 +72,13 @@ type Options struct {
 	// or started and the log is larger; 0 means 16 MiB, negative never.
 	MaxLogBytes int64
 	Logger      *slog.Logger
+}
+
+// Network sets up and tears down the host side of VM networks;
+// *network.Host implements it. Both methods are idempotent.
+type Network interface {
+	Setup(ctx context.Context, vm network.VM) error
+	Teardown(ctx context.Context, vm network.VM) error
 }
 
 // Driver runs microVMs built by microvm.nix on this host. It satisfies the
@@ -138,6 +158,9 @@ func New(opts Options) (*Driver, error) {
 	d := &Driver{opts: opts, sup: opts.Supervisor, log: opts.Logger, vms: map[string]*vm{}, flake: map[string][]byte{}}
 	if d.sup == nil {
 		d.sup = &qemu.ExecSupervisor{}
+	}
+	if d.opts.Network == nil {
+		d.opts.Network = &network.Host{Logger: opts.Logger}
 	}
 	if d.log == nil {
 		d.log = slog.Default()
@@ -317,7 +340,11 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 	v.prep.Lock()
 	defer v.prep.Unlock()
 
-	data, err := newVMFile(spec, v.dir).marshal()
+	f := newVMFile(spec, v.dir)
+	if d.opts.NoNetwork {
+		f.Network = nil
+	}
+	data, err := f.marshal()
 	if err != nil {
 		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
 	}
@@ -329,7 +356,7 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 		v.mu.Lock()
 		v.spec = spec.Clone()
 		v.mu.Unlock()
-		return nil
+		return d.setupNetwork(ctx, spec)
 	}
 
 	fdir := filepath.Join(v.dir, flakeDir)
@@ -347,6 +374,10 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 	v.mu.Lock()
 	v.spec = spec.Clone()
 	v.mu.Unlock()
+	// After vm.json: Destroy finds the network to remove in it.
+	if err := d.setupNetwork(ctx, spec); err != nil {
+		return err
+	}
 	if err := d.build(ctx, v, args); err != nil {
 		os.Remove(filepath.Join(v.dir, builtFile))
 		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
@@ -355,6 +386,35 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
 	}
 	return nil
+}
+
+// managesNetwork reports whether the driver makes spec's host network.
+func (d *Driver) managesNetwork(spec microvm.Spec) bool {
+	return !d.opts.NoNetwork && !d.opts.ExternalNetwork && spec.TAP != ""
+}
+
+// setupNetwork makes spec's host network when the driver manages it.
+func (d *Driver) setupNetwork(ctx context.Context, spec microvm.Spec) error {
+	if !d.managesNetwork(spec) {
+		return nil
+	}
+	if err := d.opts.Network.Setup(ctx, netVM(spec)); err != nil {
+		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
+	}
+	return nil
+}
+
+// netVM is the host network of spec: one TAP queue per vcpu (microvm.nix's
+// qemu runner asks for a multi-queue TAP when vcpu > 1).
+func netVM(spec microvm.Spec) network.VM {
+	q := int(spec.Vcpus)
+	if q < 1 {
+		q = 1
+	}
+	return network.VM{
+		Name: spec.Name, TAP: spec.TAP, IP: spec.IP, MAC: spec.MAC,
+		Gateway: spec.Gateway, Tenant: spec.Tenant, Queues: q,
+	}
 }
 
 // built records what the current runner was built from.
@@ -642,21 +702,32 @@ func (d *Driver) runShutdown(ctx context.Context, v *vm, script string) error {
 // state dir (volume images kept there included; images elsewhere stay).
 // The runner in the store is garbage once its out-link is gone.
 func (d *Driver) Destroy(ctx context.Context, name string) error {
+	v, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	if v == nil {
+		return nil
+	}
 	if err := d.stop(ctx, name, 0, "destroyed"); err != nil {
 		return err
 	}
+	v.mu.Lock()
+	spec := v.spec.Clone()
+	v.mu.Unlock()
+	if d.managesNetwork(spec) {
+		// Before the state dir goes: a failed Destroy is retried with the
+		// spec still on disk.
+		if err := d.opts.Network.Teardown(ctx, netVM(spec)); err != nil {
+			return fmt.Errorf("destroying vm %s: %w", name, err)
+		}
+	}
 	d.mu.Lock()
-	v := d.vms[name]
 	delete(d.vms, name)
 	d.mu.Unlock()
-	if !isLabel(name) {
-		return nil
-	}
-	if v != nil {
-		// A Prepare still building must not recreate the dir behind us.
-		v.prep.Lock()
-		defer v.prep.Unlock()
-	}
+	// A Prepare still building must not recreate the dir behind us.
+	v.prep.Lock()
+	defer v.prep.Unlock()
 	if err := os.RemoveAll(d.stateDir(name)); err != nil {
 		return fmt.Errorf("destroying vm %s: %w", name, err)
 	}
