@@ -448,3 +448,69 @@ func TestSelfFencing(t *testing.T) {
 		return runningOnce(t, cur, c.nodes)
 	})
 }
+
+// TestDrainMovesVMs drains a node hosting VMs: they move off it and run
+// once elsewhere, new VMs avoid it, the last schedulable node cannot be
+// drained, and eligible restores the node.
+func TestDrainMovesVMs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test: builds the binary and runs three nodes")
+	}
+	bin := buildBinary(t)
+	c := newJoinCluster(t, bin, 3)
+	n1, n2, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+	c.startJoin(n1, "")
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true})
+	c.startJoin(n2, n1.gossip)
+	c.startJoin(n3, n1.gossip)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true})
+	for i := 0; i < 6; i++ {
+		c.mustCLI("--addr", n1.api, "vm", "create", fmt.Sprintf("vm%d", i), "--wait")
+	}
+	vms, _, _ := c.vmList(n1.api, false)
+	on := func(vms []listedVM, id int) int {
+		k := 0
+		for _, v := range vms {
+			if v.NodeID == uint64(id) {
+				k++
+			}
+		}
+		return k
+	}
+	if on(vms, 2) == 0 {
+		t.Fatalf("node 2 hosts no VM to drain: %+v", vms)
+	}
+	out := c.mustCLI("--addr", n1.api, "node", "drain", "2", "--deadline", "1m")
+	if !strings.Contains(out, "node 2 drained") {
+		t.Fatalf("drain output: %s", out)
+	}
+	vms, _, _ = c.vmList(n1.api, false)
+	if on(vms, 2) != 0 {
+		t.Fatalf("VMs left on the drained node: %+v", vms)
+	}
+	waitUntil(t, 30*time.Second, "every VM running once off node 2", func() (bool, string) {
+		vms, out, ok := c.vmList(n1.api, false)
+		if !ok {
+			return false, out
+		}
+		return runningOnce(t, vms, c.nodes)
+	})
+	c.mustCLI("--addr", n1.api, "vm", "create", "fresh", "--wait")
+	vms, _, _ = c.vmList(n1.api, false)
+	if on(vms, 2) != 0 {
+		t.Fatalf("a new VM was placed on the drained node: %+v", vms)
+	}
+	c.mustCLI("--addr", n1.api, "node", "drain", "3")
+	_, errOut, code := c.cli("--addr", n1.api, "node", "drain", "1")
+	if code != 1 || !strings.Contains(errOut, "last schedulable node") {
+		t.Fatalf("draining the last schedulable node: exit %d, stderr %q", code, errOut)
+	}
+	c.mustCLI("--addr", n1.api, "node", "eligible", "2")
+	c.mustCLI("--addr", n1.api, "node", "eligible", "3")
+	st, _ := c.status(n1.api)
+	for _, n := range st.Nodes {
+		if n.Status != "alive" {
+			t.Fatalf("after eligible: %+v", st)
+		}
+	}
+}
