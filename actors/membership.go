@@ -179,3 +179,54 @@ func (n *Node) proposeNode(ctx context.Context, cmd *blixardpb.Command) error {
 	}
 	return nil
 }
+
+// raftRemover is the part of *consensus.Replica a leaving node uses.
+type raftRemover interface {
+	RemoveReplica(ctx context.Context, id uint64) error
+}
+
+// gossipLeaver is the optional part of Gossip a leaving node uses.
+type gossipLeaver interface {
+	Leave(timeout time.Duration) error
+}
+
+// Leave removes this node from the cluster for good: it stops its VMs
+// (the vms supervisor first, so nothing restarts them), proposes
+// RemoveNode (the state machine re-places the VMs elsewhere, which is
+// safe because they no longer run here), removes its Raft replica, and
+// announces the leave by gossip. The node id can never rejoin; Close must
+// follow. It fails, changing nothing, when this node is the only
+// member or the cluster has no quorum.
+func (n *Node) Leave(ctx context.Context) error {
+	remover, ok := n.replica.(raftRemover)
+	changer, ok2 := n.replica.(raftMembershipChanger)
+	if !ok || !ok2 {
+		return errors.New("leaving: the replica cannot change raft membership")
+	}
+	m, err := changer.Membership(ctx)
+	if err != nil {
+		return fmt.Errorf("leaving: %w", err)
+	}
+	_, voter := m.Voters[n.cfg.NodeID]
+	if voter && len(m.Voters) == 1 {
+		return fmt.Errorf("leaving: node %d is the only voter; a cluster cannot leave itself", n.cfg.NodeID)
+	}
+	n.log.Warn("leaving the cluster: stopping this node's VMs")
+	n.fence()
+	if err := n.proposeNode(ctx, &blixardpb.Command{
+		RequestId: fmt.Sprintf("leave-%d-%s", n.cfg.NodeID, nodeRandomHex(6)),
+		Op:        &blixardpb.Command_RemoveNode{RemoveNode: &blixardpb.RemoveNode{NodeId: n.cfg.NodeID}},
+	}); err != nil {
+		return fmt.Errorf("leaving: removing node record: %w", err)
+	}
+	if err := remover.RemoveReplica(ctx, n.cfg.NodeID); err != nil {
+		return fmt.Errorf("leaving: removing raft replica: %w", err)
+	}
+	if gl, ok := n.cfg.Gossip.(gossipLeaver); ok {
+		if err := gl.Leave(2 * time.Second); err != nil {
+			n.log.Warn("leaving: gossip leave", "err", err)
+		}
+	}
+	n.log.Warn("left the cluster", "node", n.cfg.NodeID)
+	return nil
+}

@@ -514,3 +514,66 @@ func TestDrainMovesVMs(t *testing.T) {
 		}
 	}
 }
+
+// TestGracefulLeaveAndRejoin: a node run with --leave-on-exit leaves on
+// SIGTERM (its VMs move, its record and replica go); its id is refused
+// afterwards with a clear message; a new id joins in its place.
+func TestGracefulLeaveAndRejoin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test: builds the binary and runs three nodes")
+	}
+	bin := buildBinary(t)
+	c := newJoinCluster(t, bin, 4)
+	n1, n2, n3, n4 := c.nodes[0], c.nodes[1], c.nodes[2], c.nodes[3]
+	c.startJoin(n1, "")
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true})
+	c.startJoin(n2, n1.gossip)
+	c.startJoin(n3, n1.gossip, "--leave-on-exit")
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true})
+	for i := 0; i < 6; i++ {
+		c.mustCLI("--addr", n1.api, "vm", "create", fmt.Sprintf("vm%d", i), "--wait")
+	}
+	if len(fakeRunning(t, n3)) == 0 {
+		t.Fatal("node 3 runs no VM")
+	}
+	n3.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n3.done:
+	case <-time.After(time.Minute):
+		t.Fatal("node 3 did not exit within a minute of SIGTERM")
+	}
+	if code := n3.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("leaving node exited %d", code)
+	}
+	n3.cmd = nil
+	if r := fakeRunning(t, n3); len(r) != 0 {
+		t.Fatalf("the node left with VMs running: %v", r)
+	}
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true})
+	waitUntil(t, time.Minute, "every VM running once on nodes 1 and 2", func() (bool, string) {
+		vms, out, ok := c.vmList(n1.api, false)
+		if !ok {
+			return false, out
+		}
+		return runningOnce(t, vms, c.nodes)
+	})
+
+	// The removed id is refused, clearly.
+	n3.dataDir = filepath.Join(t.TempDir(), "node3-again")
+	c.startJoin(n3, n1.gossip)
+	select {
+	case <-n3.done:
+	case <-time.After(time.Minute):
+		t.Fatal("a removed node id kept running")
+	}
+	code := n3.cmd.ProcessState.ExitCode()
+	n3.cmd = nil
+	b, _ := os.ReadFile(n3.logPath)
+	if code == 0 || !strings.Contains(string(b), "was removed from the cluster") {
+		t.Fatalf("rejoin with a removed id: exit %d, log:\n%s", code, tail(b, 2048))
+	}
+
+	// A new id joins.
+	c.startJoin(n4, n2.gossip)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 4: true})
+}

@@ -57,6 +57,7 @@ type gossipFlags struct {
 	probeTimeout   time.Duration
 	suspicionMult  int
 	gossipInterval time.Duration
+	leaveOnExit    bool
 }
 
 func (a *app) runCmd() *cobra.Command {
@@ -113,6 +114,7 @@ fake driver.`,
 	fl.DurationVar(&f.gossip.probeTimeout, "gossip-probe-timeout", membership.DefaultProbeTimeout, "gossip probe timeout (an RTT bound)")
 	fl.IntVar(&f.gossip.suspicionMult, "gossip-suspicion-mult", membership.DefaultSuspicionMult, "a suspected member is declared dead after this many probe intervals (times log10 of the cluster size)")
 	fl.DurationVar(&f.gossip.gossipInterval, "gossip-interval", membership.DefaultGossipInterval, "interval of gossip messages")
+	fl.BoolVar(&f.gossip.leaveOnExit, "leave-on-exit", false, "on SIGINT/SIGTERM leave the cluster for good: stop this node's VMs (the cluster re-places them), remove its node record and Raft replica; the node id can never rejoin")
 	fl.BoolVar(&f.stopVMsOnExit, "stop-vms-on-exit", false, "stop this node's VMs when the agent exits (default: leave them running for the next start to adopt)")
 	return cmd
 }
@@ -362,6 +364,11 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 	log.Info("shutting down")
 	closeCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if f.gossip.leaveOnExit {
+		if err := node.Leave(closeCtx); err != nil {
+			log.Error("leaving the cluster failed; shutting down as a member", "err", err)
+		}
+	}
 	return node.Close(closeCtx)
 }
 
