@@ -21,6 +21,15 @@
 // attribute names on nix's command line and parts of store path names);
 // kernel parameters, labels and paths are free text.
 //
+// A spec's Flake (blixard vm create --flake REF[#MODULE]) names a guest
+// flake whose nixosModules.MODULE (default "default") joins the VM's NixOS
+// configuration; the cluster's values (hypervisor, vcpu, mem, interfaces,
+// host name, socket) win over the guest's. The build then runs with
+// --impure (builtins.getFlake of an unlocked reference). Spec.Kernel and
+// Initrd are not used by microvm.nix, whose kernel comes from the NixOS
+// configuration; they reach the flake as blixard.spec (the test stubs boot
+// them).
+//
 // Start runs current/bin/microvm-run with the VM state dir as working
 // directory under microvm/qemu's Supervisor (ExecSupervisor by default: own
 // process group, pidfile and start time for re-adoption, output appended to

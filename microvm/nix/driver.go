@@ -348,7 +348,7 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 	if err != nil {
 		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
 	}
-	args := d.buildArgs(v)
+	args := d.buildArgs(v, spec)
 	want := built{Flake: d.flakeSum, VM: sha(data), Args: args}
 	var have built
 	_, linkErr := os.Stat(filepath.Join(v.dir, currentLink, runScript))
@@ -428,10 +428,15 @@ func (b built) equal(o built) bool {
 	return b.Flake == o.Flake && b.VM == o.VM && strings.Join(b.Args, "\x00") == strings.Join(o.Args, "\x00")
 }
 
-// buildArgs is the nix command line (without the binary) that builds v's
-// runner into <state dir>/current.
-func (d *Driver) buildArgs(v *vm) []string {
+// buildArgs is the nix command line (without the binary) that builds the
+// runner of v with spec into <state dir>/current.
+func (d *Driver) buildArgs(v *vm, spec microvm.Spec) []string {
 	args := []string{"--extra-experimental-features", "nix-command flakes", "build", "--print-build-logs"}
+	if spec.Flake != "" {
+		// The VM flake reads the guest flake with builtins.getFlake,
+		// which takes an unlocked reference only outside pure mode.
+		args = append(args, "--impure")
+	}
 	names := make([]string, 0, len(d.opts.OverrideInputs))
 	for n := range d.opts.OverrideInputs {
 		names = append(names, n)

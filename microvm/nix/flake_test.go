@@ -2,6 +2,7 @@ package nix
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io/fs"
 	"os"
@@ -20,7 +21,7 @@ import (
 const mappedOptions = `cs: builtins.mapAttrs (n: s: {
   hostName = s.config.networking.hostName;
   kernelParams = s.config.boot.kernelParams;
-  microvm = { inherit (s.config.microvm) hypervisor vcpu mem interfaces volumes shares; };
+  microvm = { inherit (s.config.microvm) hypervisor vcpu mem socket interfaces volumes shares; };
   spec = s.config.blixard.spec;
 }) cs`
 
@@ -54,7 +55,7 @@ var goldenSpecs = map[string]microvm.Spec{
 
 // evalFlake writes the VM flake with f as vm.json into a temporary dir and
 // returns nix eval --json of mappedOptions, with the stub inputs.
-func evalFlake(t *testing.T, f vmFile) []byte {
+func evalFlake(t *testing.T, f vmFile, extra ...string) []byte {
 	t.Helper()
 	dir := t.TempDir()
 	data, err := f.marshal()
@@ -86,6 +87,7 @@ func evalFlake(t *testing.T, f vmFile) []byte {
 		args = append(args, "--override-input", n, opts.OverrideInputs[n])
 	}
 	args = append(args, opts.ExtraArgs...)
+	args = append(args, extra...)
 	args = append(args, "path:"+dir+"#nixosConfigurations", "--apply", mappedOptions)
 	var stderr bytes.Buffer
 	cmd := exec.Command("nix", args...)
@@ -204,4 +206,59 @@ func diffLines(want, got string) string {
 		}
 	}
 	return b.String()
+}
+
+// TestGuestFlake checks vm create --flake: the guest flake's module is in
+// the configuration, the cluster's values win over the guest's, and a
+// "#module" fragment picks another module. The reference travels as data
+// (vm.json) and is read with builtins.getFlake.
+func TestGuestFlake(t *testing.T) {
+	needNix(t)
+	guest := "path:" + filepath.Join(repoDir(t), "nix/testdata/stub-guest")
+	for _, c := range []struct {
+		flake, param string
+	}{
+		{guest, "guest-module=default"},
+		{guest + "#web", "guest-module=web"},
+	} {
+		spec := microvm.Spec{Name: "g", Vcpus: 2, MemoryMB: 128, Flake: c.flake}
+		out := evalFlake(t, newVMFile(spec, "/var/lib/blixard/vms/g"), "--impure")
+		var got map[string]struct {
+			HostName     string   `json:"hostName"`
+			KernelParams []string `json:"kernelParams"`
+			Microvm      struct {
+				Vcpu   int    `json:"vcpu"`
+				Socket string `json:"socket"`
+			} `json:"microvm"`
+		}
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatal(err)
+		}
+		g := got["g"]
+		if g.HostName != "g" || g.Microvm.Vcpu != 2 || g.Microvm.Socket != "g.sock" {
+			t.Errorf("%s: hostName %q, vcpu %d, socket %q; want the cluster's g, 2, g.sock", c.flake, g.HostName, g.Microvm.Vcpu, g.Microvm.Socket)
+		}
+		if len(g.KernelParams) == 0 || g.KernelParams[0] != c.param {
+			t.Errorf("%s: kernel params %q, want %q from the guest module first", c.flake, g.KernelParams, c.param)
+		}
+	}
+
+	// Through the driver: the build runs with --impure.
+	opts := stubOptions(t, t.TempDir())
+	d, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	spec := microvm.Spec{Name: "guest", Kernel: "/k", Flake: guest + "#web"}
+	if err := d.Prepare(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	run, err := os.ReadFile(filepath.Join(opts.Dir, "guest", currentLink, runScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(run), "guest-module=web") {
+		t.Errorf("runner lacks the guest module's kernel parameter:\n%s", run)
+	}
 }

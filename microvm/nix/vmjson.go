@@ -22,6 +22,8 @@ type vmFile struct {
 	Volumes      []vmVolume   `json:"volumes"`
 	Shares       []vmShare    `json:"shares"`
 	Network      *vmNetwork   `json:"network"`
+	Flake        string       `json:"flake"`
+	FlakeModule  string       `json:"flakeModule"`
 	Spec         microvm.Spec `json:"spec"`
 }
 
@@ -89,6 +91,13 @@ func newVMFile(spec microvm.Spec, dir string) vmFile {
 			vol.Serial = &serial
 		}
 		f.Volumes = append(f.Volumes, vol)
+	}
+	if spec.Flake != "" {
+		ref, module, ok := strings.Cut(spec.Flake, "#")
+		f.Flake, f.FlakeModule = ref, "default"
+		if ok && module != "" {
+			f.FlakeModule = module
+		}
 	}
 	if spec.TAP != "" {
 		f.Network = &vmNetwork{TAP: spec.TAP, MAC: spec.MAC, IP: spec.IP, Gateway: spec.Gateway, PrefixLength: 32}

@@ -15,6 +15,12 @@
 #   shares      list of { tag, source, mountPoint, proto, readOnly }
 #   network     null, or { tap, mac, ip, gateway, prefixLength }: one TAP interface and
 #               the routed address as the kernel's ip= parameter
+#   flake       "" or a flake reference of the guest (blixard vm create --flake): its
+#               nixosModules.<flakeModule> (default "default") joins the NixOS
+#               configuration. The reference is read with builtins.getFlake, so the
+#               build runs with --impure. blixard's options win over the guest's for what
+#               the cluster decided (hypervisor, vcpu, mem, interfaces, host name, socket).
+#   flakeModule the module's name in the guest flake's nixosModules
 #   spec        the whole driver spec, exposed as the read-only option blixard.spec
 #
 # Inputs are pinned in flake.lock; a node overrides them with
@@ -45,6 +51,11 @@
       # ip=<client>:<server>:<gateway>:<netmask>:<hostname>:<device>:<autoconf>
       ipParam = "ip=${net.ip}::${net.gateway or ""}:${netmask}:${vm.name}:eth0:off";
 
+      guestModules =
+        if (vm.flake or "") != "" then
+          [ (builtins.getFlake vm.flake).nixosModules.${vm.flakeModule or "default"} ]
+        else [ ];
+
       blixardModule = { lib, ... }: {
         options.blixard.spec = lib.mkOption {
           type = lib.types.attrs;
@@ -53,16 +64,18 @@
         };
         config = {
           blixard.spec = vm.spec or vm;
-          networking.hostName = vm.name;
+          networking.hostName = lib.mkForce vm.name;
           boot.kernelParams =
             (if hasNet && (net.ip or "") != "" then [ ipParam ] else [ ])
             ++ (vm.kernelParams or [ ]);
           microvm = {
-            hypervisor = vm.hypervisor or "qemu";
-            vcpu = vm.vcpus or 1;
-            mem = vm.memoryMB or 512;
-            interfaces =
-              if hasNet then [{ type = "tap"; id = net.tap; mac = net.mac; }] else [ ];
+            hypervisor = lib.mkForce (vm.hypervisor or "qemu");
+            vcpu = lib.mkForce (vm.vcpus or 1);
+            mem = lib.mkForce (vm.memoryMB or 512);
+            # The driver waits for this socket in the VM's state dir.
+            socket = lib.mkForce "${vm.name}.sock";
+            interfaces = lib.mkForce
+              (if hasNet then [{ type = "tap"; id = net.tap; mac = net.mac; }] else [ ]);
             volumes = map
               (v: {
                 image = v.image;
@@ -90,7 +103,7 @@
 
       nixosConfigurations.${vm.name} = nixpkgs.lib.nixosSystem {
         system = vm.system or "x86_64-linux";
-        modules = [ microvm.nixosModules.microvm blixardModule ];
+        modules = [ microvm.nixosModules.microvm ] ++ guestModules ++ [ blixardModule ];
       };
     };
 }

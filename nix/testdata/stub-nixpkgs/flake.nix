@@ -28,6 +28,9 @@
 
       lib = {
         mkOption = attrs: attrs // { _type = "option"; };
+        # Priorities are not modelled: the later module wins anyway, and
+        # blixard's module comes last.
+        mkForce = v: v;
         types = {
           attrs = "attrs";
           str = "str";
