@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 
 	"github.com/blixard/blixard/actors"
+	"github.com/blixard/blixard/consensus"
 	"github.com/blixard/blixard/microvm/fake"
 	"github.com/blixard/blixard/microvm/qemu"
 )
@@ -49,4 +51,20 @@ func newQemuDriver(f runFlags, dataDir string, log *slog.Logger) (actors.Driver,
 		NoNetwork: f.noNetwork,
 		Logger:    log,
 	})
+}
+
+// vmGateway is the guests' default gateway: the first host address of the
+// VM subnet, which IPAM never hands out (10.0.0.1 for the default
+// 10.0.0.0/24). The routed model puts it on every VM's TAP. It reads
+// --subnet, so a node must be given the cluster's subnet when it is not
+// the default.
+func vmGateway(subnet string) string {
+	if subnet == "" {
+		subnet = consensus.DefaultSubnet
+	}
+	p, err := netip.ParsePrefix(subnet)
+	if err != nil || !p.Addr().Is4() {
+		return ""
+	}
+	return p.Masked().Addr().Next().String()
 }

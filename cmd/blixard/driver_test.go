@@ -41,3 +41,11 @@ func TestNewDriver(t *testing.T) {
 		}
 	}
 }
+
+func TestVMGateway(t *testing.T) {
+	for in, want := range map[string]string{"": "10.0.0.1", "10.0.0.0/24": "10.0.0.1", "10.9.8.7/16": "10.9.0.1", "fd00::/64": ""} {
+		if got := vmGateway(in); got != want {
+			t.Errorf("vmGateway(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -339,6 +339,7 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 			})
 		},
 		StopVMsOnExit: f.stopVMsOnExit,
+		VMs:           actors.VMSupervisorConfig{Gateway: vmGateway(f.subnet)},
 		Gossip:        gossip,
 		GossipEvents:  gossip.events,
 		MaxVoters:     f.gossip.maxVoters,
