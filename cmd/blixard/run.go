@@ -436,7 +436,14 @@ func startGossip(ctx context.Context, log *slog.Logger, f runFlags, s nodeSetup,
 	if err != nil {
 		return nil, rr, err
 	}
-	rr.nonVoting = role == actors.RoleNonVoting
+	// A recorded role means the leader added this node: start in join mode
+	// (ignored once the replica has data, but a crash between recording
+	// the role and the replica's first start must not bootstrap a new
+	// cluster). Existing Raft data without a role is a restart too.
+	if haveRole {
+		rr.join, rr.nonVoting = true, role == actors.RoleNonVoting
+	}
+	haveRole = haveRole || consensus.HasData(dataDir)
 	meta := membership.Meta{NodeID: f.nodeID, APIAddr: f.apiAddr, RaftAddr: f.raftAddr, GossipAddr: f.gossipAddr,
 		Vcpus: vcpus, MemoryMB: mem, Version: Version, Joining: len(s.joinAddrs) > 0 && !haveRole}
 	g := &nodeGossip{meta: meta, events: make(chan struct{}, 1), log: log}
