@@ -6,7 +6,7 @@
 # and iptables chains, the CLI and the HTTP requests to the guests. No traffic leaves it.
 #
 #   scripts/demo.sh          build if needed, run the demo, clean everything up
-#   scripts/demo.sh --keep   leave the cluster and its VMs running in the namespace
+#   scripts/demo.sh --keep   leave the cluster and its VMs running in the namespace (even on failure)
 #   scripts/demo.sh --clean  stop what a --keep run left (VMs, nodes, namespace)
 #
 # Needs root and a Debian-like host with iproute2, iptables and qemu-system-x86 (make deps); the
@@ -63,9 +63,15 @@ stop_all() {
 		for vm in "${vms[@]}"; do
 			cli vm delete "$vm" --wait --timeout 60s 2>/dev/null && echo "deleted $vm" || true
 		done
-		left=$(ip -n "$ns" -o link show | grep -c ' vm-' || true)
-		chains=$(in_ns iptables-save -t filter 2>/dev/null | grep -c BLIXARD || true)
+		# The nodes destroy deleted VMs asynchronously: wait for their TAPs and chains to go.
+		for _ in $(seq 1 100); do
+			left=$(ip -n "$ns" -o link show | grep -c ' vm-' || true)
+			chains=$(in_ns iptables-save -t filter 2>/dev/null | grep -c BLIXARD || true)
+			((left + chains == 0)) && break
+			sleep 0.3
+		done
 		echo "left behind: $left TAPs, $chains iptables lines naming BLIXARD"
+		echo "qemu processes left: $(in_ns pgrep -c qemu-system || true)"
 	fi
 	say "stopping the nodes"
 	for f in "$demo"/node*.pid; do
@@ -97,15 +103,16 @@ start=$SECONDS
 finish() {
 	status=$?
 	trap - INT TERM EXIT
-	if [[ $mode == keep && $status == 0 ]]; then
+	if [[ $mode == keep ]]; then
+		((status == 0)) || echo "demo: failed (exit $status); node logs are in $demo/node*.log" >&2
 		cat <<EOF
 
 The cluster keeps running in network namespace $ns. Try:
   ip netns exec $ns $bin --addr $addrs vm list
-  ip netns exec $ns busybox wget -qO- http://<vm ip>/
+  ip netns exec $ns curl http://<vm ip>/
 Stop it with: scripts/demo.sh --clean
 EOF
-		exit 0
+		exit "$status"
 	fi
 	if [[ $status != 0 ]]; then
 		echo "demo: failed (exit $status); node logs are in $demo/node*.log" >&2
@@ -187,13 +194,11 @@ say "blixard cluster status"
 cli cluster status
 
 say "fetching each guest's HTTP page from inside $ns"
-if in_ns busybox true 2>/dev/null; then
-	get() { in_ns busybox wget -q -T 5 -O - "http://$1/"; }
-elif command -v curl >/dev/null; then
-	get() { in_ns curl -fsS -m 5 "http://$1/"; }
-else
-	fail "neither busybox nor curl found to fetch the guests' pages (apt-get install busybox-static)"
-fi
+# bash's own /dev/tcp: no HTTP client needed (Debian's static busybox wget crashes resolving).
+get() {
+	in_ns timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/80" && printf "GET / HTTP/1.0\r\nHost: %s\r\n\r\n" "$0" >&3 && cat <&3' "$1" |
+		tr -d '\r' | sed '1,/^$/d'
+}
 for vm in "${vms[@]}"; do
 	ip=$(cli vm status "$vm" -o json | sed -n 's/.*"ip": *"\([0-9.]*\)".*/\1/p' | head -n1)
 	[[ -n $ip ]] || fail "no ip for $vm"
@@ -204,7 +209,7 @@ for vm in "${vms[@]}"; do
 	done
 	page=
 	for n in $(seq 1 20); do
-		page=$(get "$ip" 2>/dev/null) && break
+		page=$(get "$ip" 2>/dev/null) && [[ -n $page ]] && break
 		((n < 20)) || fail "no HTTP answer from $vm at $ip"
 		sleep 0.5
 	done
@@ -215,6 +220,9 @@ say "the host side of the network in $ns: one /32 route per VM through its TAP"
 ip -n "$ns" route show | grep ' dev vm-' || true
 say "iptables chains: anti-spoofing per VM, isolation per tenant"
 in_ns iptables -S | grep -E '^-A (FORWARD|INPUT|BLIXARD)' || true
+for t in $(printf '%s\n' "${tenant[@]}" | sort -u); do
+	echo "tenant $t: chain BLIXARD-T-$(printf %s "$t" | sha256sum | cut -c1-12)"
+done
 
 say "blixard vm logs ${vms[0]} -n 8 (the guest's serial console)"
 cli vm logs "${vms[0]}" -n 8
