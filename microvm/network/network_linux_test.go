@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -223,4 +224,47 @@ func TestIsolation(t *testing.T) {
 	dropped("a1 sending from another MAC", network.VMChain(a1.TAP), func() {
 		e1.SendIP(otherMAC, networktest.UDP(ip(a1.IP), ip(a2.IP), 4000, 5000, []byte("spoofed mac")))
 	}, e2, a1.IP)
+}
+
+// TestConcurrent sets up and tears down VMs from several goroutines at
+// once (VM actors do): the result is the same as one after the other, and
+// the last Teardown leaves the namespace as it was.
+func TestConcurrent(t *testing.T) {
+	ns := networktest.New(t)
+	w := networktest.Network{NS: ns, Host: &network.Host{LockPath: t.TempDir() + "/lock"}}
+	before := ns.State(t)
+	vms := []network.VM{a1, a2, b1}
+	for i := 5; i < 10; i++ {
+		n := strconv.Itoa(i)
+		vms = append(vms, network.VM{
+			Name: "c" + n, TAP: "vm-" + n, IP: "10.0.0." + n, MAC: "02:0a:00:00:00:0" + n,
+			Gateway: "10.0.0.1", Tenant: []string{"a", "b", "c"}[i%3],
+		})
+	}
+	run := func(f func(context.Context, network.VM) error) {
+		errs := make(chan error, len(vms))
+		for _, vm := range vms {
+			go func() { errs <- f(testCtx(t), vm) }()
+		}
+		for range vms {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	run(w.Setup)
+	concurrent := ns.State(t)
+	setup(t, w, vms...)
+	if again := ns.State(t); again != concurrent {
+		t.Fatalf("Setup after concurrent Setups changed the state:\n--- concurrent\n%s\n--- again\n%s", concurrent, again)
+	}
+	for _, vm := range vms {
+		if !strings.Contains(concurrent, "-A "+network.TenantChain(vm.Tenant)+" -o "+vm.TAP+" -j RETURN") {
+			t.Errorf("%s missing from its tenant chain:\n%s", vm.Name, concurrent)
+		}
+	}
+	run(w.Teardown)
+	if after := ns.State(t); after != before {
+		t.Fatalf("concurrent Teardowns left something behind:\n--- before\n%s\n--- after\n%s", before, after)
+	}
 }
