@@ -19,40 +19,127 @@ import (
 // table) returns the stored result of its first application and changes
 // nothing. A failed command changes nothing but the applied index.
 func (s *State) Apply(idx uint64, cmd *blixardpb.Command) (*blixardpb.Result, []Effect) {
-	s.applied = idx
-	if cmd == nil {
-		return errResult(invalid("empty command")), nil
-	}
-	rid := cmd.GetRequestId()
-	if rid != "" {
-		if err := checkText("request_id", rid, MaxRequestID); err != nil {
-			return errResult(err), nil
-		}
-		if e, ok := s.requests.get(rid); ok {
-			return proto.Clone(e.result).(*blixardpb.Result), nil
-		}
-	}
-	a := applier{State: s, now: cmd.GetTimeUnixMs()}
-	res, err := a.dispatch(cmd)
-	if err != nil {
-		return errResult(err), nil
-	}
-	res.Error = &blixardpb.Error{Code: blixardpb.Code_OK}
-	if rid != "" {
-		s.requests.add(&requestEntry{id: rid, index: idx, result: proto.Clone(res).(*blixardpb.Result)})
-	}
-	return res, a.effects
+	out, effects := s.apply(idx, cmd, allEffects)
+	return out.result(), effects
 }
 
 // ApplyBytes decodes a marshalled Command and applies it; undecodable bytes
 // yield an INVALID_ARGUMENT result and change nothing but the applied index.
 func (s *State) ApplyBytes(idx uint64, data []byte) (*blixardpb.Result, []Effect) {
+	out, effects := s.applyBytes(idx, data, allEffects)
+	return out.result(), effects
+}
+
+// effectFilter selects the effects apply builds. Effects are not part of
+// the state, so the filter changes nothing but the returned effects.
+type effectFilter struct {
+	none bool   // build no effects at all
+	node uint64 // when non-zero: only the effects that concern this node
+}
+
+var allEffects = effectFilter{}
+
+// wants reports whether the effect of a VM now on node at, previously on
+// prev (0: not moved), passes the filter; it mirrors Effect.Concerns.
+func (f effectFilter) wants(at, prev uint64) bool {
+	if f.none {
+		return false
+	}
+	return f.node == 0 || at == f.node || (prev != 0 && prev == f.node)
+}
+
+// apply is Apply returning the compact outcome, building only the effects
+// fx selects.
+func (s *State) apply(idx uint64, cmd *blixardpb.Command, fx effectFilter) (outcome, []Effect) {
+	s.applied = idx
+	if cmd == nil {
+		return outcome{err: invalid("empty command")}, nil
+	}
+	rid := cmd.GetRequestId()
+	if rid != "" {
+		if err := checkText("request_id", rid, MaxRequestID); err != nil {
+			return outcome{err: err}, nil
+		}
+		if e, ok := s.requests.get(rid); ok {
+			return e.outcome(), nil
+		}
+	}
+	a := applier{State: s, now: cmd.GetTimeUnixMs(), fx: fx}
+	out, err := a.dispatch(cmd)
+	if err != nil {
+		return outcome{err: err}, nil
+	}
+	if rid != "" {
+		s.requests.add(newRequestEntry(rid, idx, out))
+	}
+	return out, a.effects
+}
+
+// applyBytes is ApplyBytes returning the compact outcome.
+func (s *State) applyBytes(idx uint64, data []byte, fx effectFilter) (outcome, []Effect) {
 	cmd := &blixardpb.Command{}
 	if err := proto.Unmarshal(data, cmd); err != nil {
 		s.applied = idx
-		return errResult(invalid("undecodable command (%d bytes): %v", len(data), err)), nil
+		return outcome{err: invalid("undecodable command (%d bytes): %v", len(data), err)}, nil
 	}
-	return s.Apply(idx, cmd)
+	return s.apply(idx, cmd, fx)
+}
+
+// outcome is what applying one command yields before it becomes a proto
+// Result: a failure, or success with the VM or node the command returns
+// (or neither). vm and node point into the state (valid until the next
+// apply: materialise the Result before that) or into a request-table
+// entry's copy. res is a Result restored from a snapshot's request table.
+// Building the proto Result only where a caller needs it (the proposing
+// replica) keeps record copies off the other replicas' apply path.
+type outcome struct {
+	err  *cmdErr
+	vm   *vm
+	node *node
+	res  *blixardpb.Result
+}
+
+func vmOutcome(v *vm) outcome     { return outcome{vm: v} }
+func nodeOutcome(n *node) outcome { return outcome{node: n} }
+
+// code is the result's error code.
+func (o outcome) code() blixardpb.Code {
+	switch {
+	case o.err != nil:
+		return o.err.code
+	case o.res != nil:
+		return o.res.GetError().GetCode()
+	}
+	return blixardpb.Code_OK
+}
+
+// result materialises the outcome as a fresh proto Result.
+func (o outcome) result() *blixardpb.Result {
+	switch {
+	case o.err != nil:
+		return errResult(o.err)
+	case o.res != nil:
+		return proto.Clone(o.res).(*blixardpb.Result)
+	}
+	r := &blixardpb.Result{Error: &blixardpb.Error{Code: blixardpb.Code_OK}}
+	if o.vm != nil {
+		r.Vm = o.vm.record()
+	}
+	if o.node != nil {
+		r.Node = o.node.record()
+	}
+	return r
+}
+
+// marshal appends the outcome's Result encoding to b. A VM record goes
+// through sc, which saves the allocations of a fresh record; the bytes are
+// those of marshalling result().
+func (o outcome) marshal(b []byte, sc *recordScratch) ([]byte, error) {
+	if o.err != nil || o.res != nil || o.vm == nil || o.node != nil {
+		return proto.MarshalOptions{}.MarshalAppend(b, o.result())
+	}
+	r := blixardpb.Result{Vm: sc.fill(o.vm), Error: &blixardpb.Error{}}
+	return proto.MarshalOptions{}.MarshalAppend(b, &r)
 }
 
 func errResult(e *cmdErr) *blixardpb.Result {
@@ -63,10 +150,11 @@ func errResult(e *cmdErr) *blixardpb.Result {
 type applier struct {
 	*State
 	now     int64
+	fx      effectFilter
 	effects []Effect
 }
 
-func (a *applier) dispatch(cmd *blixardpb.Command) (*blixardpb.Result, *cmdErr) {
+func (a *applier) dispatch(cmd *blixardpb.Command) (outcome, *cmdErr) {
 	switch op := cmd.GetOp().(type) {
 	case *blixardpb.Command_InitCluster:
 		return a.initCluster(op.InitCluster)
@@ -91,9 +179,9 @@ func (a *applier) dispatch(cmd *blixardpb.Command) (*blixardpb.Result, *cmdErr) 
 	case *blixardpb.Command_ReportVmStatus:
 		return a.reportVMStatus(op.ReportVmStatus)
 	case nil:
-		return nil, invalid("command has no operation")
+		return outcome{}, invalid("command has no operation")
 	default:
-		return nil, invalid("unknown command operation %T", op)
+		return outcome{}, invalid("unknown command operation %T", op)
 	}
 }
 
@@ -101,6 +189,9 @@ func (a *applier) dispatch(cmd *blixardpb.Command) (*blixardpb.Result, *cmdErr) 
 func (a *applier) emit(v *vm, prev uint64, deleted bool) {
 	if prev == v.node {
 		prev = 0
+	}
+	if !a.fx.wants(v.node, prev) {
+		return
 	}
 	a.effects = append(a.effects, Effect{VM: v.record(), PrevNodeID: prev, Deleted: deleted})
 }
@@ -160,35 +251,35 @@ func (a *applier) move(v *vm, id uint64, st blixardpb.VmStatus, msg string) {
 // ---------------------------------------------------------------------------
 // cluster and nodes
 
-func (a *applier) initCluster(op *blixardpb.InitCluster) (*blixardpb.Result, *cmdErr) {
+func (a *applier) initCluster(op *blixardpb.InitCluster) (outcome, *cmdErr) {
 	c, err := validateConfig(op.GetConfig())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	if a.cfg.initialised {
 		if c == a.cfg {
-			return &blixardpb.Result{}, nil
+			return outcome{}, nil
 		}
-		return nil, errf(blixardpb.Code_FAILED_PRECONDITION,
+		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION,
 			"cluster already initialised (cluster_id %q, subnet %s, placement %s): InitCluster is accepted once",
 			a.cfg.clusterID, a.cfg.subnet, a.cfg.placement)
 	}
 	if c.subnet != a.cfg.subnet && len(a.vms) > 0 {
-		return nil, errf(blixardpb.Code_FAILED_PRECONDITION,
+		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION,
 			"cannot change the subnet to %s: %d vms already hold addresses in %s", c.subnet, len(a.vms), a.cfg.subnet)
 	}
 	if c.subnet != a.cfg.subnet {
 		a.ipam.reset(c.subnet)
 	}
 	a.cfg = c
-	return &blixardpb.Result{}, nil
+	return outcome{}, nil
 }
 
-func (a *applier) upsertNode(op *blixardpb.UpsertNode) (*blixardpb.Result, *cmdErr) {
+func (a *applier) upsertNode(op *blixardpb.UpsertNode) (outcome, *cmdErr) {
 	rec := op.GetNode()
 	labels, err := validateNode(rec)
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	n, ok := a.nodes[rec.GetId()]
 	if !ok {
@@ -214,7 +305,7 @@ func (a *applier) upsertNode(op *blixardpb.UpsertNode) (*blixardpb.Result, *cmdE
 		a.setStatus(n, st)
 	}
 	a.placeWaiting()
-	return &blixardpb.Result{Node: n.record()}, nil
+	return nodeOutcome(n), nil
 }
 
 func (a *applier) node(id uint64) (*node, *cmdErr) {
@@ -225,20 +316,20 @@ func (a *applier) node(id uint64) (*node, *cmdErr) {
 	return n, nil
 }
 
-func (a *applier) setNodeStatus(op *blixardpb.SetNodeStatus) (*blixardpb.Result, *cmdErr) {
+func (a *applier) setNodeStatus(op *blixardpb.SetNodeStatus) (outcome, *cmdErr) {
 	if err := checkNodeStatus(op.GetStatus()); err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	n, err := a.node(op.GetNodeId())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	if n.status != op.GetStatus() {
 		n.updatedMS = a.now
 		a.setStatus(n, op.GetStatus())
 		a.placeWaiting()
 	}
-	return &blixardpb.Result{Node: n.record()}, nil
+	return nodeOutcome(n), nil
 }
 
 // setStatus moves node n to status st:
@@ -338,10 +429,10 @@ func (a *applier) placeWaiting() {
 	}
 }
 
-func (a *applier) setNodeSchedulable(op *blixardpb.SetNodeSchedulable) (*blixardpb.Result, *cmdErr) {
+func (a *applier) setNodeSchedulable(op *blixardpb.SetNodeSchedulable) (outcome, *cmdErr) {
 	n, err := a.node(op.GetNodeId())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	if op.GetSchedulable() && n.status == blixardpb.NodeStatus_NODE_STATUS_DRAINING {
 		n.status = blixardpb.NodeStatus_NODE_STATUS_ALIVE
@@ -351,13 +442,13 @@ func (a *applier) setNodeSchedulable(op *blixardpb.SetNodeSchedulable) (*blixard
 		n.updatedMS = a.now
 		a.placeWaiting()
 	}
-	return &blixardpb.Result{Node: n.record()}, nil
+	return nodeOutcome(n), nil
 }
 
-func (a *applier) removeNode(op *blixardpb.RemoveNode) (*blixardpb.Result, *cmdErr) {
+func (a *applier) removeNode(op *blixardpb.RemoveNode) (outcome, *cmdErr) {
 	n, err := a.node(op.GetNodeId())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	if n.status != blixardpb.NodeStatus_NODE_STATUS_LEFT {
 		n.status = blixardpb.NodeStatus_NODE_STATUS_LEFT
@@ -365,11 +456,10 @@ func (a *applier) removeNode(op *blixardpb.RemoveNode) (*blixardpb.Result, *cmdE
 	} else if len(n.vms) > 0 {
 		a.evacuate(n, true)
 	}
-	rec := n.record()
 	delete(a.nodes, n.id)
 	a.nodeOrder = slices.DeleteFunc(a.nodeOrder, func(x *node) bool { return x == n })
 	a.placeWaiting()
-	return &blixardpb.Result{Node: rec}, nil
+	return nodeOutcome(n), nil
 }
 
 // ---------------------------------------------------------------------------
@@ -383,16 +473,16 @@ func (a *applier) vm(name string) (*vm, *cmdErr) {
 	return v, nil
 }
 
-func (a *applier) createVM(op *blixardpb.CreateVm) (*blixardpb.Result, *cmdErr) {
+func (a *applier) createVM(op *blixardpb.CreateVm) (outcome, *cmdErr) {
 	name, tenant, sp, err := validateSpec(op.GetSpec())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	if _, ok := a.vms[name]; ok {
-		return nil, errf(blixardpb.Code_ALREADY_EXISTS, "vm %q already exists", name)
+		return outcome{}, errf(blixardpb.Code_ALREADY_EXISTS, "vm %q already exists", name)
 	}
 	if err := a.checkLargest(sp.vcpus, sp.memoryMB); err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	v := &vm{
 		name:      name,
@@ -407,7 +497,7 @@ func (a *applier) createVM(op *blixardpb.CreateVm) (*blixardpb.Result, *cmdErr) 
 	if !op.GetNoStart() {
 		n, err := a.choose(v, 0)
 		if err != nil {
-			return nil, err
+			return outcome{}, err
 		}
 		v.node = n.id
 		v.desired = blixardpb.DesiredState_DESIRED_RUNNING
@@ -415,15 +505,15 @@ func (a *applier) createVM(op *blixardpb.CreateVm) (*blixardpb.Result, *cmdErr) 
 	} else if sp.pin != 0 {
 		if _, err := a.node(sp.pin); err != nil {
 			err.msg = "pinned " + err.msg
-			return nil, err
+			return outcome{}, err
 		}
 	}
 	if a.nextVMID == math.MaxUint64 {
-		return nil, errf(blixardpb.Code_RESOURCE_EXHAUSTED, "vm ids are exhausted")
+		return outcome{}, errf(blixardpb.Code_RESOURCE_EXHAUSTED, "vm ids are exhausted")
 	}
 	ip, ok := a.ipam.alloc()
 	if !ok {
-		return nil, errf(blixardpb.Code_RESOURCE_EXHAUSTED, "subnet %s is exhausted (%d addresses in use)", a.cfg.subnet, a.ipam.used)
+		return outcome{}, errf(blixardpb.Code_RESOURCE_EXHAUSTED, "subnet %s is exhausted (%d addresses in use)", a.cfg.subnet, a.ipam.used)
 	}
 	v.ip = ip
 	v.id = a.nextVMID
@@ -432,18 +522,18 @@ func (a *applier) createVM(op *blixardpb.CreateVm) (*blixardpb.Result, *cmdErr) 
 	a.vmByID[v.id] = v
 	a.attach(v)
 	a.emit(v, 0, false)
-	return &blixardpb.Result{Vm: v.record()}, nil
+	return vmOutcome(v), nil
 }
 
-func (a *applier) startVM(op *blixardpb.StartVm) (*blixardpb.Result, *cmdErr) {
+func (a *applier) startVM(op *blixardpb.StartVm) (outcome, *cmdErr) {
 	v, err := a.vm(op.GetName())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	running := v.desired == blixardpb.DesiredState_DESIRED_RUNNING
 	gaveUp := v.status == blixardpb.VmStatus_VM_STATUS_FAILED || v.status == blixardpb.VmStatus_VM_STATUS_LOST
 	if running && v.node != 0 && !gaveUp {
-		return &blixardpb.Result{Vm: v.record()}, nil // already running: nothing to do
+		return vmOutcome(v), nil // already running: nothing to do
 	}
 	var to uint64
 	switch {
@@ -456,7 +546,7 @@ func (a *applier) startVM(op *blixardpb.StartVm) (*blixardpb.Result, *cmdErr) {
 	default:
 		n, err := a.choose(v, 0)
 		if err != nil {
-			return nil, err
+			return outcome{}, err
 		}
 		to = n.id
 	}
@@ -464,7 +554,7 @@ func (a *applier) startVM(op *blixardpb.StartVm) (*blixardpb.Result, *cmdErr) {
 		v.desired = blixardpb.DesiredState_DESIRED_RUNNING
 		v.node, v.status, v.message, v.restarts = to, blixardpb.VmStatus_VM_STATUS_PENDING, "", 0
 	})
-	return &blixardpb.Result{Vm: v.record()}, nil
+	return vmOutcome(v), nil
 }
 
 // canStay reports whether stopped VM v can start again on the node it
@@ -477,13 +567,13 @@ func (a *applier) canStay(v *vm) bool {
 	return v.spec.pin == 0 || v.spec.pin == v.node
 }
 
-func (a *applier) stopVM(op *blixardpb.StopVm) (*blixardpb.Result, *cmdErr) {
+func (a *applier) stopVM(op *blixardpb.StopVm) (outcome, *cmdErr) {
 	v, err := a.vm(op.GetName())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	if v.desired == blixardpb.DesiredState_DESIRED_STOPPED {
-		return &blixardpb.Result{Vm: v.record()}, nil
+		return vmOutcome(v), nil
 	}
 	a.update(v, func() {
 		v.desired = blixardpb.DesiredState_DESIRED_STOPPED
@@ -493,13 +583,13 @@ func (a *applier) stopVM(op *blixardpb.StopVm) (*blixardpb.Result, *cmdErr) {
 		}
 	})
 	a.placeWaiting()
-	return &blixardpb.Result{Vm: v.record()}, nil
+	return vmOutcome(v), nil
 }
 
-func (a *applier) deleteVM(op *blixardpb.DeleteVm) (*blixardpb.Result, *cmdErr) {
+func (a *applier) deleteVM(op *blixardpb.DeleteVm) (outcome, *cmdErr) {
 	v, err := a.vm(op.GetName())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	a.detach(v)
 	delete(a.vms, v.name)
@@ -509,27 +599,27 @@ func (a *applier) deleteVM(op *blixardpb.DeleteVm) (*blixardpb.Result, *cmdErr) 
 	v.updatedMS = a.now
 	a.emit(v, 0, true)
 	a.placeWaiting()
-	return &blixardpb.Result{Vm: v.record()}, nil
+	return vmOutcome(v), nil
 }
 
-func (a *applier) migrateVM(op *blixardpb.MigrateVm) (*blixardpb.Result, *cmdErr) {
+func (a *applier) migrateVM(op *blixardpb.MigrateVm) (outcome, *cmdErr) {
 	v, err := a.vm(op.GetName())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	var to *node
 	if t := op.GetTargetNodeId(); t != 0 {
 		if v.spec.pin != 0 && v.spec.pin != t {
-			return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "vm %q is pinned to node %d: it cannot move to node %d", v.name, v.spec.pin, t)
+			return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "vm %q is pinned to node %d: it cannot move to node %d", v.name, v.spec.pin, t)
 		}
 		if t == v.node {
-			return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "vm %q is already on node %d", v.name, t)
+			return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "vm %q is already on node %d", v.name, t)
 		}
 		if to, err = a.placeOn(t, v.spec.vcpus, v.spec.memoryMB, "target"); err != nil {
-			return nil, err
+			return outcome{}, err
 		}
 	} else if to, err = a.choose(v, v.node); err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	st := v.status
 	if v.desired == blixardpb.DesiredState_DESIRED_RUNNING {
@@ -537,32 +627,32 @@ func (a *applier) migrateVM(op *blixardpb.MigrateVm) (*blixardpb.Result, *cmdErr
 	}
 	a.move(v, to.id, st, "")
 	a.placeWaiting()
-	return &blixardpb.Result{Vm: v.record()}, nil
+	return vmOutcome(v), nil
 }
 
-func (a *applier) reportVMStatus(op *blixardpb.ReportVmStatus) (*blixardpb.Result, *cmdErr) {
+func (a *applier) reportVMStatus(op *blixardpb.ReportVmStatus) (outcome, *cmdErr) {
 	st := op.GetStatus()
 	if st <= blixardpb.VmStatus_VM_STATUS_UNSPECIFIED || st > blixardpb.VmStatus_VM_STATUS_LOST {
-		return nil, invalid("invalid vm status %s: must be pending, starting, running, stopping, stopped, failed or lost", vmStatusName(st))
+		return outcome{}, invalid("invalid vm status %s: must be pending, starting, running, stopping, stopped, failed or lost", vmStatusName(st))
 	}
 	v, err := a.vm(op.GetName())
 	if err != nil {
-		return nil, err
+		return outcome{}, err
 	}
 	if id := op.GetVmId(); id != 0 && id != v.id {
-		return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q has id %d, the report is for id %d", v.name, v.id, id)
+		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q has id %d, the report is for id %d", v.name, v.id, id)
 	}
 	if v.node == 0 || op.GetNodeId() != v.node {
-		return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q is placed on node %d, the report comes from node %d", v.name, v.node, op.GetNodeId())
+		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q is placed on node %d, the report comes from node %d", v.name, v.node, op.GetNodeId())
 	}
 	if op.GetGeneration() != v.gen {
-		return nil, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q is at generation %d, the report is for generation %d", v.name, v.gen, op.GetGeneration())
+		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "stale report: vm %q is at generation %d, the report is for generation %d", v.name, v.gen, op.GetGeneration())
 	}
 	v.status = st
 	v.restarts = op.GetRestarts()
 	v.message = clipMessage(op.GetMessage())
 	v.updatedMS = a.now
-	return &blixardpb.Result{Vm: v.record()}, nil
+	return vmOutcome(v), nil
 }
 
 // clipMessage makes an agent's message valid UTF-8 and at most

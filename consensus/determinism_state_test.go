@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
@@ -280,5 +281,73 @@ func TestRestoreRejectsGarbage(t *testing.T) {
 	body, _ = proto.MarshalOptions{Deterministic: true}.Marshal(snap)
 	if err := NewState().Restore(bytes.NewReader(append(good[:8:8], body...))); err == nil {
 		t.Error("Restore accepted an address assigned twice")
+	}
+}
+
+// TestRaftSMMatchesApply: the adapter's Update (which builds only the
+// local node's effects and encodes the Result only on the proposing
+// replica) answers exactly what State.Apply answers, forwards exactly the
+// effects that concern its node, and keeps the state byte-identical.
+func TestRaftSMMatchesApply(t *testing.T) {
+	r := rand.New(rand.NewSource(7))
+	ref := NewState()
+	var got [][]Effect
+	m := &raftSM{replicaID: 3, state: NewState(), onEffects: func(e []Effect) { got = append(got, e) }}
+	quiet := &raftSM{replicaID: 2, state: NewState()} // no hook: no effects built
+	for i := uint64(1); i <= 3000; i++ {
+		c := randomCommand(r, ref)
+		cmd, err := proto.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proposer := uint64(r.Intn(4)) // 0: unknown, 3: this replica
+		data := append(encodeEntry(proposer), cmd...)
+		want, effects := ref.Apply(i, c)
+		got = got[:0]
+		res, err := m.Update(sm.Entry{Index: i, Cmd: data})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := quiet.Update(sm.Entry{Index: i, Cmd: data}); err != nil {
+			t.Fatal(err)
+		}
+		if res.Value != uint64(want.GetError().GetCode()) {
+			t.Fatalf("step %d: code %d, want %v", i, res.Value, want.GetError())
+		}
+		if proposer == 0 || proposer == 3 {
+			var out blixardpb.Result
+			if err := proto.Unmarshal(res.Data, &out); err != nil {
+				t.Fatal(err)
+			}
+			if !proto.Equal(&out, want) {
+				t.Fatalf("step %d (%v): result\n%v\nwant\n%v", i, c, &out, want)
+			}
+		} else if len(res.Data) != 0 {
+			t.Fatalf("step %d: a non-proposer encoded the result", i)
+		}
+		var mine []Effect
+		for _, e := range effects {
+			if e.Concerns(3) {
+				mine = append(mine, e)
+			}
+		}
+		var fwd []Effect
+		for _, b := range got {
+			fwd = append(fwd, b...)
+		}
+		if len(fwd) != len(mine) {
+			t.Fatalf("step %d: forwarded %d effects, want %d", i, len(fwd), len(mine))
+		}
+		for j := range mine {
+			if !proto.Equal(fwd[j].VM, mine[j].VM) || fwd[j].PrevNodeID != mine[j].PrevNodeID || fwd[j].Deleted != mine[j].Deleted {
+				t.Fatalf("step %d: effect %d differs", i, j)
+			}
+		}
+		if i%500 == 0 {
+			want := saveBytes(t, ref)
+			if !bytes.Equal(saveBytes(t, m.state), want) || !bytes.Equal(saveBytes(t, quiet.state), want) {
+				t.Fatalf("step %d: snapshots differ", i)
+			}
+		}
 	}
 }

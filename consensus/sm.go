@@ -7,7 +7,6 @@ import (
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 )
 
 // raftSM adapts State to dragonboat's regular in-memory state machine
@@ -34,6 +33,9 @@ type raftSM struct {
 	state     *State
 	onEffects func([]Effect)
 	onRestore func()
+	// scratch lends the proposer's Result its VM record (Update runs
+	// under dragonboat's write lock, one at a time).
+	scratch recordScratch
 
 	// applied mirrors state.AppliedIndex() for lock-free reads.
 	applied atomic.Uint64
@@ -84,29 +86,24 @@ func decodeEntry(data []byte) (proposer uint64, cmd []byte) {
 // otherwise.
 func (m *raftSM) Update(e sm.Entry) (sm.Result, error) {
 	proposer, cmd := decodeEntry(e.Cmd)
-	res, effects := m.state.ApplyBytes(e.Index, cmd)
+	// Apply builds only the effects this replica forwards: those that
+	// concern its node, and none without a hook.
+	fx := effectFilter{none: m.onEffects == nil, node: m.replicaID}
+	out, effects := m.state.applyBytes(e.Index, cmd, fx)
 	m.applied.Store(e.Index)
 	var data []byte
 	if proposer == 0 || proposer == m.replicaID {
 		var err error
-		if data, err = proto.Marshal(res); err != nil {
+		if data, err = out.marshal(nil, &m.scratch); err != nil {
 			// A Result that cannot be marshalled is a broken invariant
 			// of State; dragonboat halts the replica on an Update error.
 			return sm.Result{}, fmt.Errorf("marshalling result of entry %d: %w", e.Index, err)
 		}
 	}
-	if m.onEffects != nil && len(effects) > 0 {
-		mine := effects[:0:0]
-		for _, ef := range effects {
-			if ef.Concerns(m.replicaID) {
-				mine = append(mine, ef)
-			}
-		}
-		if len(mine) > 0 {
-			m.onEffects(mine)
-		}
+	if len(effects) > 0 {
+		m.onEffects(effects)
 	}
-	return sm.Result{Value: uint64(res.GetError().GetCode()), Data: data}, nil
+	return sm.Result{Value: uint64(out.code()), Data: data}, nil
 }
 
 // Lookup runs a query (a func(*State)) against the state. It returns

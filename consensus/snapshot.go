@@ -56,7 +56,7 @@ func (s *State) Save(w io.Writer) error {
 		e.message(5, scratch.fill(s.vmByID[id]))
 	}
 	for _, r := range s.requests.entries() {
-		e.message(6, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.result})
+		e.message(6, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.resultProto(&scratch)})
 	}
 	e.uint(7, s.applied)
 	if e.err != nil {
@@ -89,7 +89,7 @@ func (s *State) snapshotProto() *blixardpb.Snapshot {
 		return 0
 	})
 	for _, r := range s.requests.entries() {
-		snap.Requests = append(snap.Requests, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.result})
+		snap.Requests = append(snap.Requests, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.resultProto(nil)})
 	}
 	return snap
 }

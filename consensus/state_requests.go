@@ -13,10 +13,53 @@ type requestTable struct {
 	head  int
 }
 
+// requestEntry is one remembered success. It keeps the outcome compactly:
+// a copy of the VM or node record as it was after the first application
+// (the domain struct, whose strings and slices are immutable and shared,
+// so the copy is one allocation), or neither for commands that return no
+// record. Entries restored from a snapshot keep the decoded Result
+// instead. Either way a retry gets exactly the first Result, and Save
+// writes the same bytes for the entry.
 type requestEntry struct {
 	id     string
 	index  uint64
-	result *blixardpb.Result
+	vm     *vm
+	node   *node
+	result *blixardpb.Result // restored from a snapshot; nil otherwise
+}
+
+// newRequestEntry remembers the successful outcome out of the command with
+// request id at log index idx.
+func newRequestEntry(id string, idx uint64, out outcome) *requestEntry {
+	e := &requestEntry{id: id, index: idx, result: out.res}
+	if out.vm != nil {
+		cp := *out.vm
+		e.vm = &cp
+	}
+	if out.node != nil {
+		cp := *out.node
+		cp.vms = nil // derived; the record does not show it
+		e.node = &cp
+	}
+	return e
+}
+
+// outcome is the remembered outcome of the first application.
+func (e *requestEntry) outcome() outcome {
+	return outcome{vm: e.vm, node: e.node, res: e.result}
+}
+
+// resultProto is the entry's Result as the snapshot stores it. For entries
+// not restored from a snapshot it is freshly built; sc, when non-nil,
+// lends the VM record (valid until its next fill).
+func (e *requestEntry) resultProto(sc *recordScratch) *blixardpb.Result {
+	if e.result != nil {
+		return e.result
+	}
+	if e.vm != nil && sc != nil {
+		return &blixardpb.Result{Vm: sc.fill(e.vm), Error: &blixardpb.Error{}}
+	}
+	return e.outcome().result()
 }
 
 func newRequestTable() requestTable {
