@@ -9,8 +9,8 @@
 #   scripts/demo.sh --keep   leave the cluster and its VMs running in the namespace (even on failure)
 #   scripts/demo.sh --clean  stop what a --keep run left (VMs, nodes, namespace)
 #
-# Needs root and a Debian-like host with iproute2, iptables and qemu-system-x86 (make deps); the
-# guest kernel and initramfs come from scripts/guest.sh (make guest), which this runs if needed.
+# Needs root on a Debian-like host. The guest kernel and initramfs (and qemu) come from
+# scripts/guest.sh (make guest), which this runs if needed; iptables is installed if missing.
 # Data dirs and node logs go to build/demo/.
 set -euo pipefail
 
@@ -48,9 +48,7 @@ case "${1:-}" in
 esac
 
 [[ $(id -u) == 0 ]] || fail "needs root (a network namespace, TAPs and iptables rules); run it with sudo"
-for tool in ip iptables qemu-system-x86_64; do
-	command -v "$tool" >/dev/null || fail "$tool not found: apt-get install iproute2 iptables qemu-system-x86 (or make deps)"
-done
+command -v ip >/dev/null || fail "ip not found: apt-get install iproute2"
 
 # stop_all deletes the demo's VMs (when the cluster answers), stops the nodes, kills whatever
 # still runs inside the namespace (only processes this demo started live there) and removes it.
@@ -71,7 +69,11 @@ stop_all() {
 			sleep 0.3
 		done
 		echo "left behind: $left TAPs, $chains iptables lines naming BLIXARD"
-		echo "qemu processes left: $(in_ns pgrep -c qemu-system || true)"
+		qemus=0
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do
+			[[ $(cat "/proc/$pid/comm" 2>/dev/null) == qemu-system-* ]] && qemus=$((qemus + 1))
+		done
+		echo "qemu processes left: $qemus"
 	fi
 	say "stopping the nodes"
 	for f in "$demo"/node*.pid; do
@@ -132,9 +134,15 @@ if command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]]; then
 elif [[ ! -x $bin ]]; then
 	fail "no Go toolchain and no $bin: run make build first"
 fi
-if [[ ! -s build/guest/initrd.img || ! -s build/guest/vmlinuz ]]; then
-	say "building the guest (scripts/guest.sh)"
+if [[ ! -s build/guest/initrd.img || ! -s build/guest/vmlinuz ]] || ! command -v qemu-system-x86_64 >/dev/null; then
+	say "building the guest and installing qemu (scripts/guest.sh)"
 	scripts/guest.sh
+fi
+if ! command -v iptables >/dev/null; then
+	# Debian installs nftables, not the iptables command, by default.
+	say "installing iptables (apt-get install iptables)"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables >/dev/null
 fi
 kernel=$repo/build/guest/vmlinuz
 [[ -s build/guest/vmlinux ]] && kernel=$repo/build/guest/vmlinux
