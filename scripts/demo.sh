@@ -116,7 +116,9 @@ Stop it with: scripts/demo.sh --clean
 EOF
 		exit "$status"
 	fi
-	if [[ $status != 0 ]]; then
+	if ((status == 130 || status == 143)); then
+		echo "demo: interrupted; cleaning up" >&2
+	elif ((status != 0)); then
 		echo "demo: failed (exit $status); node logs are in $demo/node*.log" >&2
 	fi
 	stop_all || true
