@@ -49,6 +49,10 @@ func fakeVM(args []string) int {
 		fmt.Fprintln(os.Stderr, "fake vm: no -qmp socket")
 		return 1
 	}
+	// Signals first: the driver may send SIGTERM as soon as the socket
+	// exists.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake vm:", err)
@@ -57,8 +61,6 @@ func fakeVM(args []string) int {
 	fmt.Println("fake vm: booting")
 	fmt.Println("BLIXARD-GUEST-READY 0.01")
 	exit := make(chan int, 1)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		s := <-sigs
 		fmt.Printf("qemu-system-x86_64: terminating on signal %d\n", s.(syscall.Signal))
@@ -259,5 +261,49 @@ func TestBuildFailureReported(t *testing.T) {
 	}
 	if _, err := d.Start(context.Background(), microvm.Spec{Name: "broken"}); !errors.Is(err, microvm.ErrNotPrepared) {
 		t.Fatalf("Start after a failed build = %v, want ErrNotPrepared", err)
+	}
+}
+
+// TestStopWithoutShutdownScript: a runner without microvm-shutdown is
+// stopped with SIGTERM, well within the grace period, and the exit is a
+// clean stop.
+func TestStopWithoutShutdownScript(t *testing.T) {
+	needNix(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	opts := stubOptions(t, t.TempDir())
+	opts.Supervisor = fakeSupervisor(t)
+	d, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	spec := microvm.Spec{Name: "noshut", Kernel: "/k", Labels: map[string]string{"stub-no-shutdown": ""}}
+	if err := d.Prepare(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(opts.Dir, "noshut", currentLink, stopScript)); !os.IsNotExist(err) {
+		t.Fatalf("the runner has microvm-shutdown (stat: %v); the stub should have left it out", err)
+	}
+	if _, err := d.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := d.Stop(ctx, spec.Name, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Errorf("Stop took %s: SIGTERM was not sent, the grace period ran out", took)
+	}
+	e, err := d.Wait(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.Clean || e.Reason != "stopped" {
+		t.Errorf("exit = %+v, want a clean stop", e)
+	}
+	log, _, _ := d.Logs(ctx, spec.Name, 0, 0)
+	if !strings.Contains(string(log), "terminating on signal 15") {
+		t.Errorf("the fake hypervisor did not get SIGTERM; console:\n%s", log)
 	}
 }

@@ -12,7 +12,9 @@
 #                         qemu binary (tests run a fake process there).
 #   bin/microvm-shutdown  press the ACPI power button over QMP (perl, which
 #                         Debian always has, in place of socat) and wait for
-#                         qemu to close the socket.
+#                         qemu to close the socket. Left out when the spec
+#                         has the label stub-no-shutdown (runners of some
+#                         hypervisors have none).
 #
 # Every value is shell-quoted by escapeShellArg; nothing is interpolated
 # into the scripts unquoted.
@@ -27,6 +29,7 @@
         q = lib.escapeShellArg;
         opt = s: builtins.replaceStrings [ "," ] [ ",," ] s;
         socket = "${config.networking.hostName}.sock";
+        withShutdown = !((spec.Labels or { }) ? "stub-no-shutdown");
         qemuArgs =
           [
             "-name" (opt config.networking.hostName)
@@ -87,7 +90,7 @@
           name = "microvm-${cfg.hypervisor}-${config.networking.hostName}";
           system = pkgs.system;
           builder = "/bin/sh";
-          inherit run shutdown;
+          inherit run shutdown withShutdown;
           passAsFile = [ "run" "shutdown" ];
           args = [
             "-c"
@@ -95,8 +98,11 @@
               set -e
               /bin/mkdir -p "$out/bin"
               /bin/cp "$runPath" "$out/bin/microvm-run"
-              /bin/cp "$shutdownPath" "$out/bin/microvm-shutdown"
-              /bin/chmod 0555 "$out/bin/microvm-run" "$out/bin/microvm-shutdown"
+              /bin/chmod 0555 "$out/bin/microvm-run"
+              if [ -n "$withShutdown" ]; then
+                /bin/cp "$shutdownPath" "$out/bin/microvm-shutdown"
+                /bin/chmod 0555 "$out/bin/microvm-shutdown"
+              fi
             ''
           ];
         };
