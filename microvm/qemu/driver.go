@@ -416,7 +416,13 @@ func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance
 	}
 	logStart := fileSize(m.ConsolePath())
 	d.log.Info("qemu: starting vm", "vm", spec.Name, "accel", accel, "accel_reason", reason)
-	p, err := d.sup.Start(ctx, m.StateDir, argv, m.ConsolePath())
+	var p Process
+	if rs, ok := d.sup.(ResourceSupervisor); ok {
+		p, err = rs.StartVM(ctx, m.StateDir, argv, m.ConsolePath(),
+			Resources{Name: spec.Name, Vcpus: spec.Vcpus, MemoryMB: spec.MemoryMB})
+	} else {
+		p, err = d.sup.Start(ctx, m.StateDir, argv, m.ConsolePath())
+	}
 	if err != nil {
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, err)
 	}

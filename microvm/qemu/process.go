@@ -30,6 +30,21 @@ type Supervisor interface {
 	Adopt(life context.Context, dir string) (Process, bool, error)
 }
 
+// Resources are the limits of one VM that a supervisor may enforce.
+type Resources struct {
+	Name     string // the VM's name (a DNS label)
+	Vcpus    uint32
+	MemoryMB uint64
+}
+
+// ResourceSupervisor is an optional ability of a Supervisor: it enforces
+// the VM's resources (the systemd supervisor sets MemoryMax and CPUQuota).
+// The driver calls StartVM instead of Start when its Supervisor has it;
+// StartVM otherwise keeps Start's contract.
+type ResourceSupervisor interface {
+	StartVM(ctx context.Context, dir string, argv []string, logPath string, res Resources) (Process, error)
+}
+
 // Process is one running (or finished) qemu process.
 type Process interface {
 	PID() int
