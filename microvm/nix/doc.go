@@ -34,7 +34,7 @@
 // directory under microvm/qemu's Supervisor (ExecSupervisor by default: own
 // process group, pidfile and start time for re-adoption, output appended to
 // console.log), and returns once the hypervisor has created its control
-// socket (<name>.sock, microvm.nix's default microvm.socket). Stop runs
+// socket (<name>.sock: the flake sets microvm.socket to it). Stop runs
 // current/bin/microvm-shutdown, again every 2 s while the VM lives (a
 // power-button press during boot is lost), and kills the runner with
 // SIGKILL once the grace period has passed; runners without
@@ -50,6 +50,14 @@
 // replaces them per node (a local nixpkgs checkout, a microvm.nix fork, or
 // the stub flakes in nix/testdata that the tests use, because this
 // development machine has no nixpkgs).
+//
+// Tests (need nix: scripts/nix-deps.sh installs Debian's nix-bin; they
+// skip, saying so, without it): golden nix eval of the mapped options for
+// representative and hostile specs (go test -update rewrites
+// testdata/*.golden), the actors/drivertest contract with stub inputs and
+// a fake hypervisor (the test binary), and one real TCG boot of the guest
+// from scripts/guest.sh through nix build, microvm-run and
+// microvm-shutdown.
 //
 // Who may import it: cmd/ (wiring) and tests. It imports microvm,
 // microvm/network, microvm/qemu (the supervisor) and nix (the embedded
