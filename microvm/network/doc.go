@@ -45,8 +45,9 @@
 // ARP to its own TAP), IPv6 is switched off on the TAP rather than routed,
 // and isolation between VMs on different hosts is not this package's job.
 //
-// Needs root (CAP_NET_ADMIN), the iptables command (the nft or legacy
-// variant; the mac and comment-free standard matches only) and /dev/net/tun.
+// Needs root (CAP_NET_ADMIN), the iptables command (nft or legacy variant;
+// the rules use only the standard matches and the mac match) and
+// /dev/net/tun.
 // Tests use the networktest package to run everything inside a network
 // namespace of their own.
 //
