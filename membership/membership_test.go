@@ -11,7 +11,7 @@ import (
 
 func TestMetaRoundTrip(t *testing.T) {
 	in := Meta{NodeID: 7, APIAddr: "10.0.0.7:7001", RaftAddr: "10.0.0.7:7002", GossipAddr: "10.0.0.7:7003",
-		Vcpus: 16, MemoryMB: 65536, Labels: map[string]string{"rack": "r1"}, Version: "v0.1", Joining: true}
+		Vcpus: 16, MemoryMB: 65536, Labels: map[string]string{"rack": "r1"}, Version: "v0.1", Joining: true, Expect: 3}
 	b, err := in.Encode()
 	if err != nil {
 		t.Fatal(err)

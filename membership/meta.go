@@ -35,6 +35,10 @@ type Meta struct {
 	// Leaving is announced just before a graceful leave, so that members
 	// tell it from a failure (memberlist's leave event does not say).
 	Leaving bool
+	// Expect is the --bootstrap-expect of a node without Raft data that
+	// waits for that many such nodes to form a cluster together; zero
+	// otherwise.
+	Expect int
 }
 
 // MaxMetaSize is memberlist's limit on a node's metadata.
@@ -53,6 +57,7 @@ type metaWire struct {
 	S  string            `json:"s,omitempty"`
 	J  bool              `json:"j,omitempty"`
 	X  bool              `json:"x,omitempty"`
+	E  int               `json:"e,omitempty"`
 }
 
 // Encode returns the gossip form of m; it fails when m has no node id or
@@ -62,7 +67,7 @@ func (m Meta) Encode() ([]byte, error) {
 		return nil, fmt.Errorf("node metadata: node id must be nonzero")
 	}
 	b, err := json.Marshal(metaWire{V: MetaVersion, ID: m.NodeID, A: m.APIAddr, R: m.RaftAddr, G: m.GossipAddr,
-		C: m.Vcpus, M: m.MemoryMB, L: m.Labels, S: m.Version, J: m.Joining, X: m.Leaving})
+		C: m.Vcpus, M: m.MemoryMB, L: m.Labels, S: m.Version, J: m.Joining, X: m.Leaving, E: m.Expect})
 	if err != nil {
 		return nil, fmt.Errorf("node metadata: %w", err)
 	}
@@ -85,7 +90,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 		return Meta{}, fmt.Errorf("node metadata: no node id")
 	}
 	return Meta{NodeID: w.ID, APIAddr: w.A, RaftAddr: w.R, GossipAddr: w.G, Vcpus: w.C, MemoryMB: w.M,
-		Labels: w.L, Version: w.S, Joining: w.J, Leaving: w.X}, nil
+		Labels: w.L, Version: w.S, Joining: w.J, Leaving: w.X, Expect: w.E}, nil
 }
 
 // NodeName is the memberlist name of node id: two processes with the

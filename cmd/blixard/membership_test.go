@@ -577,3 +577,31 @@ func TestGracefulLeaveAndRejoin(t *testing.T) {
 	c.startJoin(n4, n2.gossip)
 	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 4: true})
 }
+
+// TestBootstrapExpect: three fresh nodes with --bootstrap-expect 3 form a
+// cluster as soon as they see each other; a fourth started the same way
+// later joins it instead.
+func TestBootstrapExpect(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test: builds the binary and runs four nodes")
+	}
+	bin := buildBinary(t)
+	c := newJoinCluster(t, bin, 4)
+	n1, n2, n3, n4 := c.nodes[0], c.nodes[1], c.nodes[2], c.nodes[3]
+	opt := []string{"--bootstrap-expect", "3"}
+	c.startJoin(n3, n1.gossip, opt...)
+	c.startJoin(n1, n2.gossip, opt...)
+	c.startJoin(n2, n1.gossip, opt...)
+	formed := c.waitMembers(n2.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true})
+	if formed.ClusterID == "" {
+		t.Fatalf("no cluster id: %+v", formed)
+	}
+	c.mustCLI("--addr", n3.api, "vm", "create", "web", "--wait")
+	c.startJoin(n4, n3.gossip, opt...)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true, 4: true})
+	for _, nd := range c.nodes {
+		if st, ok := c.status(nd.api); !ok || st.ClusterID != formed.ClusterID {
+			t.Fatalf("node %d: status %+v", nd.id, st)
+		}
+	}
+}

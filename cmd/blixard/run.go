@@ -58,6 +58,7 @@ type gossipFlags struct {
 	suspicionMult  int
 	gossipInterval time.Duration
 	leaveOnExit    bool
+	expect         int
 }
 
 func (a *app) runCmd() *cobra.Command {
@@ -114,6 +115,7 @@ fake driver.`,
 	fl.DurationVar(&f.gossip.probeTimeout, "gossip-probe-timeout", membership.DefaultProbeTimeout, "gossip probe timeout (an RTT bound)")
 	fl.IntVar(&f.gossip.suspicionMult, "gossip-suspicion-mult", membership.DefaultSuspicionMult, "a suspected member is declared dead after this many probe intervals (times log10 of the cluster size)")
 	fl.DurationVar(&f.gossip.gossipInterval, "gossip-interval", membership.DefaultGossipInterval, "interval of gossip messages")
+	fl.IntVar(&f.gossip.expect, "bootstrap-expect", 0, "form a new cluster once this many fresh nodes started with the same value see each other by gossip (with --join; the lowest node ids become the initial voters)")
 	fl.BoolVar(&f.gossip.leaveOnExit, "leave-on-exit", false, "on SIGINT/SIGTERM leave the cluster for good: stop this node's VMs (the cluster re-places them), remove its node record and Raft replica; the node id can never rejoin")
 	fl.BoolVar(&f.stopVMsOnExit, "stop-vms-on-exit", false, "stop this node's VMs when the agent exits (default: leave them running for the next start to adopt)")
 	return cmd
@@ -173,6 +175,12 @@ func (f *runFlags) check(cmd *cobra.Command) (nodeSetup, error) {
 	}
 	if f.gossip.fenceTimeout > 0 && f.gossip.fenceTimeout >= f.gossip.downGrace {
 		return s, usagef("--fence-timeout %s must be shorter than --down-grace %s: a node must stop its VMs before the cluster re-places them", f.gossip.fenceTimeout, f.gossip.downGrace)
+	}
+	if f.gossip.expect < 0 || (f.gossip.expect > 0 && f.initialCluster != "") {
+		return s, usagef("--bootstrap-expect takes a positive count and excludes --initial-cluster")
+	}
+	if f.gossip.expect > 1 && f.join == "" {
+		return s, usagef("--bootstrap-expect %d needs --join with the gossip address of at least one other node", f.gossip.expect)
 	}
 	if f.initialCluster != "" && f.join != "" {
 		return s, usagef("--initial-cluster and --join exclude each other")
@@ -313,6 +321,9 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 		return err
 	}
 	defer gossip.Shutdown()
+	if role.initial != nil {
+		s.members, s.clusterID = role.initial, clusterIDFor(role.initial)
+	}
 	node, err := actors.StartNode(actors.NodeConfig{
 		NodeID:     f.nodeID,
 		APIAddr:    f.apiAddr,
@@ -404,17 +415,21 @@ type nodeGossip struct {
 
 // joined stops announcing Joining once the node's replica is ready.
 func (g *nodeGossip) joined() {
-	if !g.meta.Joining {
+	if !g.meta.Joining && g.meta.Expect == 0 {
 		return
 	}
-	g.meta.Joining = false
+	g.meta.Joining, g.meta.Expect = false, 0
 	if err := g.SetMeta(g.meta); err != nil {
 		g.log.Warn("announcing join done", "err", err)
 	}
 }
 
 // replicaRole is how the local replica starts.
-type replicaRole struct{ join, nonVoting bool }
+type replicaRole struct {
+	join, nonVoting bool
+	// initial, when set, are the initial members --bootstrap-expect chose.
+	initial map[uint64]string
+}
 
 // startGossip starts the gossip member and joins --join. A node whose
 // data dir records no Raft role (see membership.WriteRole) and that was
@@ -445,7 +460,10 @@ func startGossip(ctx context.Context, log *slog.Logger, f runFlags, s nodeSetup,
 	}
 	haveRole = haveRole || consensus.HasData(dataDir)
 	meta := membership.Meta{NodeID: f.nodeID, APIAddr: f.apiAddr, RaftAddr: f.raftAddr, GossipAddr: f.gossipAddr,
-		Vcpus: vcpus, MemoryMB: mem, Version: Version, Joining: len(s.joinAddrs) > 0 && !haveRole}
+		Vcpus: vcpus, MemoryMB: mem, Version: Version, Joining: len(s.joinAddrs) > 0 && !haveRole && f.gossip.expect == 0}
+	if !haveRole && f.gossip.expect > 1 {
+		meta.Expect = f.gossip.expect
+	}
 	g := &nodeGossip{meta: meta, events: make(chan struct{}, 1), log: log}
 	gm, err := membership.Start(membership.Config{
 		Meta: meta, BindAddr: f.gossipAddr, Key: key,
@@ -490,6 +508,17 @@ func startGossip(ctx context.Context, log *slog.Logger, f runFlags, s nodeSetup,
 	if haveRole {
 		return g, rr, nil
 	}
+	if meta.Expect > 0 {
+		initial, err := g.awaitBootstrap(ctx)
+		if err != nil {
+			gm.Shutdown()
+			return nil, rr, err
+		}
+		if initial != nil {
+			rr.initial = initial
+			return g, rr, nil
+		}
+	}
 	log.Info("waiting for the raft leader to add this node", "node", f.nodeID)
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -521,5 +550,42 @@ func startGossip(ctx context.Context, log *slog.Logger, f runFlags, s nodeSetup,
 			return nil, rr, fmt.Errorf("joining the cluster refused: %w", err)
 		}
 		log.Warn("still waiting for the raft leader to add this node (is a leader running, and does it see this node by gossip?)")
+	}
+}
+
+// awaitBootstrap waits until --bootstrap-expect nodes see each other and
+// returns the initial members when this node is one of them. It returns
+// nil, having switched this node to joining, when a cluster already runs
+// or this node is not among the lowest ids.
+func (g *nodeGossip) awaitBootstrap(ctx context.Context) (map[uint64]string, error) {
+	n := g.meta.Expect
+	g.log.Info("waiting for nodes to bootstrap a cluster with", "bootstrap_expect", n)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		set, ok, exists := membership.BootstrapSet(g.meta, g.Members(), n)
+		if ok || exists {
+			in := false
+			initial := map[uint64]string{}
+			for _, m := range set {
+				initial[m.NodeID] = m.RaftAddr
+				in = in || m.NodeID == g.meta.NodeID
+			}
+			if in {
+				g.log.Info("bootstrapping a new cluster", "initial_members", initial)
+				return initial, nil
+			}
+			g.log.Info("a cluster exists or this node is beyond --bootstrap-expect: joining instead")
+			g.meta.Expect, g.meta.Joining = 0, true
+			if err := g.SetMeta(g.meta); err != nil {
+				return nil, err
+			}
+			return nil, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tick.C:
+		}
 	}
 }
