@@ -7,8 +7,8 @@
 // The unit (see Properties for the exact list) runs the argv with the VM
 // state dir as working directory, under resource limits taken from the VM:
 //
-//	MemoryMax          = memory + 2 % + 64 MiB (qemu's own heap, device
-//	                     emulation and page tables; see MemoryOverhead)
+//	MemoryMax          = memory + 2 % (rounded up to a MiB) + 64 MiB (qemu
+//	                     heap, device emulation, page tables; see MemoryMax)
 //	CPUQuotaPerSecUSec = vcpus × 1 s (vcpus × 100 %)
 //	Restart            = no (the VM actor, not systemd, owns restarts)
 //	KillMode           = mixed, TimeoutStopUSec = StopTimeout

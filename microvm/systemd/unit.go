@@ -8,11 +8,12 @@ import (
 	"github.com/godbus/dbus/v5"
 )
 
-// MemoryOverhead is what a VM's unit may use beyond the guest's memory:
-// qemu's own heap, device emulation, page tables and the runner around it.
-// MemoryMax = memory + memory×MemoryOverheadPercent/100 + MemoryOverheadBase.
+// The memory overhead is what a VM's unit may use beyond the guest's
+// memory: qemu's own heap, device emulation, page tables and the runner
+// around it. MemoryMax = memory + MemoryOverheadPercent % of it (rounded up
+// to a MiB) + MemoryOverheadMB.
 const (
-	MemoryOverheadBase    = 64 << 20 // bytes
+	MemoryOverheadMB      = 64
 	MemoryOverheadPercent = 2
 )
 
@@ -40,8 +41,8 @@ type UnitSpec struct {
 
 // MemoryMax is the unit's memory limit in bytes for a VM of memoryMB MiB.
 func MemoryMax(memoryMB uint64) uint64 {
-	b := memoryMB << 20
-	return b + b*MemoryOverheadPercent/100 + MemoryOverheadBase
+	pct := (memoryMB*MemoryOverheadPercent + 99) / 100
+	return (memoryMB + pct + MemoryOverheadMB) << 20
 }
 
 // Properties are the properties of spec's transient unit, in the order

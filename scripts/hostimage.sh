@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# hostimage.sh — build the Docker image of a blixard host: Debian bookworm with systemd as PID 1.
+#
+# No registry is needed: the root filesystem is made with debootstrap from Debian's mirror and
+# loaded with `docker import`. The image is tagged blixard-host:<hash>, where <hash> is the
+# content hash of this script (so editing the package list below makes a new image); a rerun
+# with that image present only prints its name and takes well under a second.
+#
+# Usage: scripts/hostimage.sh          prints the image reference (blixard-host:<hash>) on stdout
+# Env:   MIRROR   Debian mirror (default http://deb.debian.org/debian)
+#        SUITE    Debian suite  (default bookworm)
+#
+# Start a container from it with systemd as PID 1 (cgroup v1 hosts):
+#   docker run -d --privileged --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup \
+#     --tmpfs /run --tmpfs /run/lock --entrypoint /sbin/init blixard-host:<hash>
+#
+# Needs root, docker and debootstrap (installed with apt-get when missing).
+set -euo pipefail
+
+# --- the package list: one place; extend it here (qemu, busybox-static … for the e2e hosts) --
+packages=(
+	systemd
+	systemd-sysv
+	dbus
+	iproute2
+	iptables
+	procps
+)
+
+mirror=${MIRROR:-http://deb.debian.org/debian}
+suite=${SUITE:-bookworm}
+
+log() { echo "hostimage: $*" >&2; }
+
+hash=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
+image=blixard-host:$hash
+
+if docker image inspect "$image" >/dev/null 2>&1; then
+	log "up to date: $image"
+	echo "$image"
+	exit 0
+fi
+
+if ! command -v debootstrap >/dev/null 2>&1; then
+	log "installing debootstrap"
+	apt-get install -y debootstrap >&2 || { apt-get update >&2 && apt-get install -y debootstrap >&2; }
+fi
+
+work=$(mktemp -d /var/tmp/blixard-hostimage.XXXXXX)
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+root=$work/root
+
+start=$SECONDS
+log "debootstrap $suite from $mirror (${packages[*]})"
+include=$(IFS=,; echo "${packages[*]}")
+debootstrap --variant=minbase --include="$include" "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+	tail -n 40 "$work/debootstrap.log" >&2
+	exit 1
+}
+log "debootstrap took $((SECONDS - start)) s"
+
+# --- make it a container host: no gettys, no units that need real hardware ------------------
+for u in getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service \
+	systemd-modules-load.service systemd-remount-fs.service sys-kernel-config.mount \
+	sys-kernel-debug.mount sys-kernel-tracing.mount systemd-firstboot.service \
+	systemd-networkd-wait-online.service; do
+	ln -sf /dev/null "$root/etc/systemd/system/$u"
+done
+echo blixard-host >"$root/etc/hostname"
+: >"$root/etc/machine-id"
+# Keep the journal in memory (tmpfs /run) so containers start fast and leave nothing behind.
+mkdir -p "$root/etc/systemd/journald.conf.d"
+printf '[Journal]\nStorage=volatile\n' >"$root/etc/systemd/journald.conf.d/blixard.conf"
+# Drop what a host image does not need: apt lists and caches, docs, man pages.
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+	"$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
+
+start=$SECONDS
+tar -C "$root" -c . | docker import \
+	--change 'ENTRYPOINT ["/sbin/init"]' \
+	--change 'ENV container=docker' \
+	--change 'STOPSIGNAL SIGRTMIN+3' \
+	- "$image" >&2
+log "docker import took $((SECONDS - start)) s: $image"
+echo "$image"
