@@ -99,10 +99,13 @@ func nodeStatusWord(s blixardpb.NodeStatus) string {
 //     member that is already a replica is told its role (the join reply
 //     is repeated until the member stops announcing Joining);
 //   - a joining member whose id was removed from Raft is refused;
-//   - a member dead or gone (or, with a node record, never seen since
-//     Since) for DownGrace is set down, which re-places its VMs;
+//   - a member dead or gone for DownGrace (with a node record but never
+//     seen: for twice DownGrace after Since) is set down, which re-places
+//     its VMs;
 //   - a member alive in gossip whose record is down or suspect is set
-//     alive again (and so is the leader itself).
+//     alive again (and so is the leader itself);
+//   - while the voters number fewer than MaxVoters (a voter left), live
+//     non-voting members are promoted, lowest id first.
 //
 // Members that are not replicas and do not announce Joining (a node
 // bootstrapped as another cluster) are left alone.
@@ -173,6 +176,9 @@ func planMembership(v membershipView) []membershipAction {
 				role = RoleNonVoting
 			}
 			out = append(out, membershipAction{Kind: actReply, NodeID: id, Reply: membership.JoinReply{NodeID: id, Role: role}})
+		case isNonVoting && voters < maxVoters && m.State == membership.StateAlive && !m.Leaving && m.RaftAddr != "":
+			voters++
+			out = append(out, membershipAction{Kind: actAddVoter, NodeID: id, Addr: v.Raft.NonVoting[id], Why: "promoted: fewer voters than the maximum"})
 		}
 		if r := records[id]; r != nil && m.State == membership.StateAlive && !m.Leaving {
 			switch r.GetStatus() {
@@ -205,7 +211,9 @@ func planMembership(v membershipView) []membershipAction {
 		var goneSince time.Time
 		switch {
 		case !ok:
-			goneSince = v.Since
+			// Gossip may still be converging after a leader change: a
+			// member never seen gets twice the grace.
+			goneSince = v.Since.Add(v.DownGrace)
 		case m.State == membership.StateDead || m.State == membership.StateLeft:
 			goneSince = m.Since
 		default:

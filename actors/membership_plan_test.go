@@ -89,8 +89,14 @@ func TestPlanMembership(t *testing.T) {
 			want: nil,
 		},
 		{
-			name: "never seen since leading began, past the grace: down",
-			view: membershipView{Self: 1, Since: t0, Now: t0.Add(grace), DownGrace: grace,
+			name: "never seen since leading began, within twice the grace: nothing",
+			view: membershipView{Self: 1, Since: t0, Now: t0.Add(2*grace - time.Millisecond), DownGrace: grace,
+				Raft: raft([]uint64{1, 3}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive), rec(3, alive)}},
+			want: nil,
+		},
+		{
+			name: "never seen since leading began, past twice the grace: down",
+			view: membershipView{Self: 1, Since: t0, Now: t0.Add(2 * grace), DownGrace: grace,
 				Raft: raft([]uint64{1, 3}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive), rec(3, alive)}},
 			want: []string{"set node 3 down"},
 		},
@@ -107,6 +113,19 @@ func TestPlanMembership(t *testing.T) {
 				Gossip: []membership.Member{member(2, membership.StateAlive, t0, false)},
 				Raft:   raft([]uint64{1, 2}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, down), rec(2, down)}},
 			want: []string{"set node 2 alive", "set node 1 alive"},
+		},
+		{
+			name: "a voter short: the lowest live non-voting member is promoted",
+			view: membershipView{Self: 1, MaxVoters: 3, Gossip: []membership.Member{
+				member(5, membership.StateAlive, t0, false), member(4, membership.StateAlive, t0, false), member(6, membership.StateDead, t0, false)},
+				Raft: raft([]uint64{1, 2}, []uint64{4, 5, 6}), Nodes: []*blixardpb.NodeRecord{rec(4, alive), rec(5, alive)}},
+			want: []string{"add voter 4 at r4"},
+		},
+		{
+			name: "voters at the maximum: no promotion",
+			view: membershipView{Self: 1, MaxVoters: 2, Gossip: []membership.Member{member(4, membership.StateAlive, t0, false)},
+				Raft: raft([]uint64{1, 2}, []uint64{4}), Nodes: []*blixardpb.NodeRecord{rec(4, alive)}},
+			want: nil,
 		},
 		{
 			name: "left records are not set down",

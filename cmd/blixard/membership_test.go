@@ -515,21 +515,26 @@ func TestDrainMovesVMs(t *testing.T) {
 	}
 }
 
-// TestGracefulLeaveAndRejoin: a node run with --leave-on-exit leaves on
-// SIGTERM (its VMs move, its record and replica go); its id is refused
-// afterwards with a clear message; a new id joins in its place.
+// TestGracefulLeaveAndRejoin: with --max-voters 3, a 4th node is
+// non-voting; a voter run with --leave-on-exit leaves on SIGTERM (its VMs
+// move, its record and replica go) and the non-voting node is promoted;
+// the removed id is refused afterwards with a clear message; a new id
+// joins in its place.
 func TestGracefulLeaveAndRejoin(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test: builds the binary and runs three nodes")
 	}
 	bin := buildBinary(t)
-	c := newJoinCluster(t, bin, 4)
-	n1, n2, n3, n4 := c.nodes[0], c.nodes[1], c.nodes[2], c.nodes[3]
-	c.startJoin(n1, "")
+	c := newJoinCluster(t, bin, 5)
+	n1, n2, n3, n4, n5 := c.nodes[0], c.nodes[1], c.nodes[2], c.nodes[3], c.nodes[4]
+	mv := []string{"--max-voters", "3"}
+	c.startJoin(n1, "", mv...)
 	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true})
-	c.startJoin(n2, n1.gossip)
-	c.startJoin(n3, n1.gossip, "--leave-on-exit")
+	c.startJoin(n2, n1.gossip, mv...)
+	c.startJoin(n3, n1.gossip, append(mv, "--leave-on-exit")...)
 	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true})
+	c.startJoin(n4, n1.gossip, mv...)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true, 4: false})
 	for i := 0; i < 6; i++ {
 		c.mustCLI("--addr", n1.api, "vm", "create", fmt.Sprintf("vm%d", i), "--wait")
 	}
@@ -549,8 +554,8 @@ func TestGracefulLeaveAndRejoin(t *testing.T) {
 	if r := fakeRunning(t, n3); len(r) != 0 {
 		t.Fatalf("the node left with VMs running: %v", r)
 	}
-	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true})
-	waitUntil(t, time.Minute, "every VM running once on nodes 1 and 2", func() (bool, string) {
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 4: true})
+	waitUntil(t, time.Minute, "every VM running once on nodes 1, 2 and 4", func() (bool, string) {
 		vms, out, ok := c.vmList(n1.api, false)
 		if !ok {
 			return false, out
@@ -573,9 +578,9 @@ func TestGracefulLeaveAndRejoin(t *testing.T) {
 		t.Fatalf("rejoin with a removed id: exit %d, log:\n%s", code, tail(b, 2048))
 	}
 
-	// A new id joins.
-	c.startJoin(n4, n2.gossip)
-	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 4: true})
+	// A new id joins (non-voting: three voters again).
+	c.startJoin(n5, n2.gossip, mv...)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 4: true, 5: false})
 }
 
 // TestBootstrapExpect: three fresh nodes with --bootstrap-expect 3 form a
