@@ -230,3 +230,17 @@ func (n *Node) Leave(ctx context.Context) error {
 	n.log.Warn("left the cluster", "node", n.cfg.NodeID)
 	return nil
 }
+
+// GossipStatus is the gossip view by node id ("alive", "suspect", "dead",
+// "left"; this node is "alive"), for NodeInfo.gossip_status. It is nil
+// when the node runs without gossip.
+func (n *Node) GossipStatus() map[uint64]string {
+	if n.cfg.Gossip == nil {
+		return nil
+	}
+	out := map[uint64]string{n.cfg.NodeID: membership.StateAlive.String()}
+	for _, m := range n.cfg.Gossip.Members() {
+		out[m.NodeID] = m.State.String()
+	}
+	return out
+}
