@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,8 @@ import (
 	"github.com/blixard/blixard/consensus"
 	"github.com/blixard/blixard/microvm/fake"
 	"github.com/blixard/blixard/microvm/qemu"
+	"github.com/blixard/blixard/microvm/systemd"
+	"github.com/spf13/cobra"
 )
 
 // newDriver builds the VM driver that `run --driver` names, with its state
@@ -45,12 +48,26 @@ func newQemuDriver(f runFlags, dataDir string, log *slog.Logger) (actors.Driver,
 			return nil, errors.New("the qemu driver's VM networking needs the iptables command (Debian: apt-get install iptables), or pass --no-network to boot VMs without a network")
 		}
 	}
+	sup, err := systemd.SupervisorFor(context.Background(), supervisorMode, log)
+	if err != nil {
+		return nil, err
+	}
 	return qemu.New(qemu.Options{
-		Dir:       filepath.Join(dataDir, "vms"),
-		Accel:     qemu.Accel(f.accel),
-		NoNetwork: f.noNetwork,
-		Logger:    log,
+		Dir:        filepath.Join(dataDir, "vms"),
+		Accel:      qemu.Accel(f.accel),
+		NoNetwork:  f.noNetwork,
+		Logger:     log,
+		Supervisor: sup,
 	})
+}
+
+// supervisorMode is `run --supervisor`: what runs the VMs' processes.
+// supervisorFlag registers it on the run command.
+var supervisorMode = "auto"
+
+func supervisorFlag(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&supervisorMode, "supervisor", "auto",
+		"what runs each VM's process: auto|systemd|exec (auto: a transient systemd unit when systemd is PID 1, else a child process with a pidfile)")
 }
 
 // vmGateway is the guests' default gateway: the first host address of the
