@@ -46,19 +46,31 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 	apt-get install -y debootstrap >&2 || { apt-get update >&2 && apt-get install -y debootstrap >&2; }
 fi
 
-work=$(mktemp -d /var/tmp/blixard-hostimage.XXXXXX)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${HOSTIMAGE_CACHE:-$repo/build/hostimage}
+mkdir -p "$cache"
+work=$(mktemp -d "$cache/work.XXXXXX")
 cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 root=$work/root
 
-start=$SECONDS
-log "debootstrap $suite from $mirror (${packages[*]})"
+# The debootstrap result is cached on its own, keyed by what it is made from, so a change to
+# the steps below re-imports in seconds instead of debootstrapping again.
 include=$(IFS=,; echo "${packages[*]}")
-debootstrap --variant=minbase --include="$include" "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
-	tail -n 40 "$work/debootstrap.log" >&2
-	exit 1
-}
-log "debootstrap took $((SECONDS - start)) s"
+base=$cache/base-$(echo "$suite $mirror $include" | sha256sum | cut -c1-12).tar
+if [[ ! -s $base ]]; then
+	start=$SECONDS
+	log "debootstrap $suite from $mirror (${packages[*]})"
+	debootstrap --variant=minbase --include="$include" "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+		tail -n 40 "$work/debootstrap.log" >&2
+		exit 1
+	}
+	tar -C "$root" -cf "$base.tmp" . && mv "$base.tmp" "$base"
+	rm -rf "$root"
+	log "debootstrap took $((SECONDS - start)) s"
+fi
+mkdir -p "$root"
+tar -C "$root" -xf "$base"
 
 # --- make it a container host: no gettys, no units that need real hardware ------------------
 for u in getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service \
@@ -80,7 +92,6 @@ start=$SECONDS
 tar -C "$root" -c . | docker import \
 	--change 'ENTRYPOINT ["/sbin/init"]' \
 	--change 'ENV container=docker' \
-	--change 'STOPSIGNAL SIGRTMIN+3' \
 	- "$image" >&2
 log "docker import took $((SECONDS - start)) s: $image"
 echo "$image"
