@@ -231,6 +231,9 @@ func TestInContainerUnit(t *testing.T) {
 	if st := p.Status(); !st.Known || st.Signal != "SIGKILL" {
 		t.Errorf("status after kill -9 = %+v, want SIGKILL", st)
 	}
+	if st := p2.Status(); st.Known && st.Signal != "SIGKILL" {
+		t.Errorf("adopted run's status after kill -9 = %+v, want SIGKILL or unknown", st)
+	}
 	if _, err := os.Stat(filepath.Join(dir, recordFile)); !os.IsNotExist(err) {
 		t.Errorf("%s left behind after the run ended: %v", recordFile, err)
 	}
@@ -269,7 +272,7 @@ func TestInContainerExit(t *testing.T) {
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "console.log")
 
-	p, err := s.StartVM(ctx, dir, []string{"/bin/sh", "-c", "read x </dev/null; echo qemu-says-no >&2; exit 3"}, logPath,
+	p, err := s.StartVM(ctx, dir, []string{"/bin/sh", "-c", "echo qemu-says-no >&2; exit 3"}, logPath,
 		qemu.Resources{Name: "t2", Vcpus: 1, MemoryMB: 64})
 	if err != nil {
 		t.Fatal(err)

@@ -297,14 +297,18 @@ func readState(ctx context.Context, conn *sddbus.Conn, unit string) (state, erro
 type unitProcess struct {
 	sup     *Supervisor
 	rec     record
-	logPath string
-	done    chan struct{}
-	once    sync.Once
-	status  qemu.ProcessStatus
+	logPath string // "" for an adopted run
+	// reap: this supervisor started the run, so it resets the unit when it
+	// failed. An adopted run leaves a failed unit to the next Start or
+	// Adopt (two watchers of one run must not race to reset it).
+	reap   bool
+	done   chan struct{}
+	once   sync.Once
+	status qemu.ProcessStatus
 }
 
 func (s *Supervisor) newProcess(rec record, logPath string) *unitProcess {
-	return &unitProcess{sup: s, rec: rec, logPath: logPath, done: make(chan struct{})}
+	return &unitProcess{sup: s, rec: rec, logPath: logPath, reap: logPath != "", done: make(chan struct{})}
 }
 
 func (p *unitProcess) PID() int                   { return p.rec.MainPID }
@@ -389,8 +393,8 @@ func (p *unitProcess) watch(life context.Context, conn *sddbus.Conn, dir string)
 func (p *unitProcess) finish(conn *sddbus.Conn, st state) {
 	p.once.Do(func() {
 		p.status = st.status()
-		if st.ActiveState == "failed" {
-			if p.logPath != "" && (p.status.Code != 0 || p.status.Signal != "") {
+		if st.ActiveState == "failed" && p.reap {
+			if p.status.Code != 0 || p.status.Signal != "" {
 				appendJournal(p.logPath, p.rec.Name, p.rec.InvocationID)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -411,10 +415,23 @@ func appendJournal(logPath, name, invocation string) {
 	if invocation != "" {
 		args = append(args, "_SYSTEMD_INVOCATION_ID="+invocation)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "journalctl", args...).Output()
-	if err != nil || len(out) == 0 {
+	// journald reads the unit's output stream on its own time: give the
+	// last lines a moment to arrive.
+	var out []byte
+	deadline := time.Now().Add(time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		b, err := exec.CommandContext(ctx, "journalctl", args...).Output()
+		cancel()
+		if err != nil {
+			return
+		}
+		if out = b; len(out) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(out) == 0 {
 		return
 	}
 	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
