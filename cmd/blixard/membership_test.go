@@ -207,7 +207,12 @@ func TestJoinFormsAndGrowsCluster(t *testing.T) {
 	bin := buildBinary(t)
 	c := newJoinCluster(t, bin, 5)
 	n1, n2, n3, n4, n5 := c.nodes[0], c.nodes[1], c.nodes[2], c.nodes[3], c.nodes[4]
-	opts := []string{"--max-voters", "3"}
+	// Gossip is encrypted with a shared key.
+	keyFile := filepath.Join(t.TempDir(), "gossip.key")
+	if err := os.WriteFile(keyFile, []byte("MDEyMzQ1Njc4OWFiY2RlZg==\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts := []string{"--max-voters", "3", "--gossip-key-file", keyFile}
 
 	// Node 1 bootstraps alone; 2 and 3 join through it.
 	c.startJoin(n1, "", opts...)
