@@ -131,15 +131,14 @@ func (o outcome) result() *blixardpb.Result {
 	return r
 }
 
-// marshal appends the outcome's Result encoding to b. A VM record goes
-// through sc, which saves the allocations of a fresh record; the bytes are
-// those of marshalling result().
-func (o outcome) marshal(b []byte, sc *recordScratch) ([]byte, error) {
+// marshal appends the outcome's Result encoding to b. A VM's record is
+// encoded straight from the domain struct by en; the bytes are those of
+// marshalling result() deterministically.
+func (o outcome) marshal(b []byte, en *vmEncoder) ([]byte, error) {
 	if o.err != nil || o.res != nil || o.vm == nil || o.node != nil {
 		return proto.MarshalOptions{}.MarshalAppend(b, o.result())
 	}
-	r := blixardpb.Result{Vm: sc.fill(o.vm), Error: &blixardpb.Error{}}
-	return proto.MarshalOptions{}.MarshalAppend(b, &r)
+	return en.appendResult(b, o.vm), nil
 }
 
 func errResult(e *cmdErr) *blixardpb.Result {

@@ -140,16 +140,19 @@ func ipString(ip uint32) string {
 // administered prefix 02:00 followed by the four octets, so the MAC is
 // unique whenever the address is.
 func macFromIP(ip uint32) string {
+	var b [17]byte
+	return string(appendMAC(b[:0], ip))
+}
+
+// appendMAC appends macFromIP(ip) to b.
+func appendMAC(b []byte, ip uint32) []byte {
 	const hex = "0123456789abcdef"
-	b := [17]byte{'0', '2', ':', '0', '0', ':'}
+	b = append(b, "02:00"...)
 	for i := 0; i < 4; i++ {
 		o := byte(ip >> (24 - 8*i))
-		b[6+3*i], b[7+3*i] = hex[o>>4], hex[o&15]
-		if i < 3 {
-			b[8+3*i] = ':'
-		}
+		b = append(b, ':', hex[o>>4], hex[o&15])
 	}
-	return string(b[:])
+	return b
 }
 
 func parseIPv4(s string) (uint32, bool) {

@@ -33,9 +33,9 @@ type raftSM struct {
 	state     *State
 	onEffects func([]Effect)
 	onRestore func()
-	// scratch lends the proposer's Result its VM record (Update runs
-	// under dragonboat's write lock, one at a time).
-	scratch recordScratch
+	// enc encodes the proposer's Result (Update runs under dragonboat's
+	// write lock, one at a time).
+	enc vmEncoder
 
 	// applied mirrors state.AppliedIndex() for lock-free reads.
 	applied atomic.Uint64
@@ -94,7 +94,7 @@ func (m *raftSM) Update(e sm.Entry) (sm.Result, error) {
 	var data []byte
 	if proposer == 0 || proposer == m.replicaID {
 		var err error
-		if data, err = out.marshal(nil, &m.scratch); err != nil {
+		if data, err = out.marshal(nil, &m.enc); err != nil {
 			// A Result that cannot be marshalled is a broken invariant
 			// of State; dragonboat halts the replica on an Update error.
 			return sm.Result{}, fmt.Errorf("marshalling result of entry %d: %w", e.Index, err)

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
+	"strconv"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -51,12 +53,23 @@ func (s *State) Save(w io.Writer) error {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	var scratch recordScratch
+	var en vmEncoder
 	for _, id := range ids {
-		e.message(5, scratch.fill(s.vmByID[id]))
+		e.bytes(5, en.record(s.vmByID[id]))
 	}
 	for _, r := range s.requests.entries() {
-		e.message(6, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.resultProto(&scratch)})
+		if r.result != nil || r.vm == nil || r.node != nil {
+			e.message(6, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.resultProto()})
+			continue
+		}
+		b := appendStringField(e.msg[:0], 1, r.id)
+		b = appendVarintField(b, 2, r.index)
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		res := en.record(r.vm)
+		b = protowire.AppendVarint(b, uint64(2+1+protowire.SizeBytes(len(res))))
+		b = appendBytesField(b, 1, nil) // error: OK, an empty message
+		e.msg = appendBytesField(b, 2, res)
+		e.bytes(6, e.msg)
 	}
 	e.uint(7, s.applied)
 	if e.err != nil {
@@ -89,7 +102,7 @@ func (s *State) snapshotProto() *blixardpb.Snapshot {
 		return 0
 	})
 	for _, r := range s.requests.entries() {
-		snap.Requests = append(snap.Requests, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.resultProto(nil)})
+		snap.Requests = append(snap.Requests, &blixardpb.RequestEntry{RequestId: r.id, Index: r.index, Result: r.resultProto()})
 	}
 	return snap
 }
@@ -111,6 +124,18 @@ func (e *snapEncoder) uint(num protowire.Number, v uint64) {
 	_, e.err = e.w.Write(e.buf)
 }
 
+// bytes writes a length-delimited field holding b.
+func (e *snapEncoder) bytes(num protowire.Number, b []byte) {
+	if e.err != nil {
+		return
+	}
+	e.buf = protowire.AppendTag(e.buf[:0], num, protowire.BytesType)
+	e.buf = protowire.AppendVarint(e.buf, uint64(len(b)))
+	if _, e.err = e.w.Write(e.buf); e.err == nil {
+		_, e.err = e.w.Write(b)
+	}
+}
+
 func (e *snapEncoder) message(num protowire.Number, m proto.Message) {
 	if e.err != nil {
 		return
@@ -124,62 +149,6 @@ func (e *snapEncoder) message(num protowire.Number, m proto.Message) {
 	if _, e.err = e.w.Write(e.buf); e.err == nil {
 		_, e.err = e.w.Write(e.msg)
 	}
-}
-
-// recordScratch converts VMs to records for Save without allocating a
-// fresh record, spec, label map and volume list per VM. The record it
-// returns is valid until the next fill and shares the VM's kernel params
-// (read-only).
-type recordScratch struct {
-	rec     blixardpb.VmRecord
-	spec    blixardpb.VmSpec
-	restart blixardpb.RestartPolicy
-	vols    []*blixardpb.Volume
-	labels  map[string]string
-}
-
-func (sc *recordScratch) fill(v *vm) *blixardpb.VmRecord {
-	sp := &v.spec
-	rp := &sc.restart
-	rp.Mode, rp.MaxRestarts, rp.WindowSeconds = restartModes[sp.restartMode], sp.maxRestarts, sp.windowSeconds
-	s := &sc.spec
-	s.Name, s.Tenant, s.Hypervisor = v.name, v.tenant, hypervisors[sp.hypervisor]
-	s.Vcpus, s.MemoryMb, s.NodeId = sp.vcpus, sp.memoryMB, sp.pin
-	s.Kernel, s.Initrd, s.Flake = sp.kernel, sp.initrd, sp.flake
-	s.KernelParams = sp.kernelParams
-	s.Restart = rp
-	s.Labels = nil
-	if len(sp.labels) > 0 {
-		if sc.labels == nil {
-			sc.labels = make(map[string]string)
-		}
-		clear(sc.labels)
-		for _, l := range sp.labels {
-			sc.labels[l.key] = l.value
-		}
-		s.Labels = sc.labels
-	}
-	for len(sc.vols) < len(sp.volumes) {
-		sc.vols = append(sc.vols, &blixardpb.Volume{})
-	}
-	for i, vol := range sp.volumes {
-		pv := sc.vols[i]
-		pv.Name, pv.Image, pv.SizeMb, pv.MountPoint, pv.ReadOnly = vol.name, vol.image, vol.sizeMB, vol.mountPoint, vol.readOnly
-	}
-	s.Volumes = nil
-	if len(sp.volumes) > 0 {
-		s.Volumes = sc.vols[:len(sp.volumes)]
-	}
-	r := &sc.rec
-	r.Id, r.Spec, r.Desired, r.NodeId, r.Generation = v.id, s, v.desired, v.node, v.gen
-	r.Status, r.Restarts, r.Message = v.status, v.restarts, v.message
-	r.CreatedUnixMs, r.UpdatedUnixMs = v.createdMS, v.updatedMS
-	r.Tap = tapName(v.id)
-	r.Ip, r.Mac = "", ""
-	if v.ip != 0 {
-		r.Ip, r.Mac = ipString(v.ip), macFromIP(v.ip)
-	}
-	return r
 }
 
 // Restore replaces the state with a snapshot written by Save. On error the
@@ -401,4 +370,136 @@ func restoreVM(r *blixardpb.VmRecord) (*vm, error) {
 		v.ip = a
 	}
 	return v, nil
+}
+
+// vmEncoder writes a VM's record in the protobuf wire format directly from
+// the domain struct: the same bytes as marshalling record() with
+// Deterministic set (fields in field-number order, zero scalars skipped,
+// label map entries sorted by key with key and value always written), but
+// without building the record, its spec, label map and volume list, and
+// without reflection. Snapshots write every VM and every remembered
+// request through it; a test compares it with proto.Marshal. The buffers
+// are reused across calls.
+type vmEncoder struct {
+	spec []byte
+	rec  []byte
+}
+
+// appendResult appends the encoding of Result{Error: {OK}, Vm: v.record()}.
+func (en *vmEncoder) appendResult(b []byte, v *vm) []byte {
+	rec := en.record(v)
+	b = protowire.AppendTag(b, 1, protowire.BytesType) // error: OK, an empty message
+	b = protowire.AppendVarint(b, 0)
+	return appendBytesField(b, 2, rec)
+}
+
+// record returns the encoding of v.record(), valid until the next call.
+func (en *vmEncoder) record(v *vm) []byte {
+	sp := &v.spec
+	s := en.spec[:0]
+	s = appendStringField(s, 1, v.name)
+	s = appendStringField(s, 2, v.tenant)
+	s = appendStringField(s, 3, hypervisors[sp.hypervisor])
+	s = appendVarintField(s, 4, uint64(sp.vcpus))
+	s = appendVarintField(s, 5, sp.memoryMB)
+	s = appendStringField(s, 6, sp.kernel)
+	s = appendStringField(s, 7, sp.initrd)
+	s = appendStringField(s, 8, sp.flake)
+	for _, p := range sp.kernelParams {
+		s = protowire.AppendTag(s, 9, protowire.BytesType)
+		s = protowire.AppendString(s, p)
+	}
+	for _, vol := range sp.volumes {
+		n := stringFieldSize(vol.name) + stringFieldSize(vol.image) + varintFieldSize(vol.sizeMB) + stringFieldSize(vol.mountPoint)
+		if vol.readOnly {
+			n += 2
+		}
+		s = protowire.AppendTag(s, 10, protowire.BytesType)
+		s = protowire.AppendVarint(s, uint64(n))
+		s = appendStringField(s, 1, vol.name)
+		s = appendStringField(s, 2, vol.image)
+		s = appendVarintField(s, 3, vol.sizeMB)
+		s = appendStringField(s, 4, vol.mountPoint)
+		if vol.readOnly {
+			s = appendVarintField(s, 5, 1)
+		}
+	}
+	mode := restartModes[sp.restartMode]
+	s = protowire.AppendTag(s, 11, protowire.BytesType)
+	s = protowire.AppendVarint(s, uint64(stringFieldSize(mode)+varintFieldSize(uint64(sp.maxRestarts))+varintFieldSize(uint64(sp.windowSeconds))))
+	s = appendStringField(s, 1, mode)
+	s = appendVarintField(s, 2, uint64(sp.maxRestarts))
+	s = appendVarintField(s, 3, uint64(sp.windowSeconds))
+	s = appendVarintField(s, 12, sp.pin)
+	for _, l := range sp.labels { // sorted by key, as deterministic marshalling sorts map keys
+		n := 1 + protowire.SizeBytes(len(l.key)) + 1 + protowire.SizeBytes(len(l.value))
+		s = protowire.AppendTag(s, 13, protowire.BytesType)
+		s = protowire.AppendVarint(s, uint64(n))
+		s = protowire.AppendTag(s, 1, protowire.BytesType)
+		s = protowire.AppendString(s, l.key)
+		s = protowire.AppendTag(s, 2, protowire.BytesType)
+		s = protowire.AppendString(s, l.value)
+	}
+	en.spec = s
+
+	r := en.rec[:0]
+	r = appendVarintField(r, 1, v.id)
+	r = appendBytesField(r, 2, s)
+	r = appendVarintField(r, 3, uint64(v.desired))
+	r = appendVarintField(r, 4, v.node)
+	r = appendVarintField(r, 5, v.gen)
+	r = appendVarintField(r, 6, uint64(v.status))
+	r = appendVarintField(r, 7, uint64(v.restarts))
+	r = appendStringField(r, 8, v.message)
+	if v.ip != 0 {
+		var tmp [24]byte
+		ip := netip.AddrFrom4([4]byte{byte(v.ip >> 24), byte(v.ip >> 16), byte(v.ip >> 8), byte(v.ip)}).AppendTo(tmp[:0])
+		r = appendBytesField(r, 9, ip)
+		r = appendBytesField(r, 10, appendMAC(tmp[:0], v.ip))
+	}
+	var tap [16]byte
+	r = appendBytesField(r, 11, strconv.AppendUint(append(tap[:0], "vm-"...), v.id, 36))
+	r = appendVarintField(r, 12, uint64(v.createdMS))
+	r = appendVarintField(r, 13, uint64(v.updatedMS))
+	en.rec = r
+	return r
+}
+
+func appendVarintField(b []byte, num protowire.Number, x uint64) []byte {
+	if x == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, x)
+}
+
+func appendStringField(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+// appendBytesField appends a length-delimited field even when empty (a
+// set message field is written whatever its size).
+func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
+}
+
+// stringFieldSize and varintFieldSize are the encoded sizes of fields 1-15
+// (one-byte tags) as appendStringField and appendVarintField write them.
+func stringFieldSize(s string) int {
+	if s == "" {
+		return 0
+	}
+	return 1 + protowire.SizeBytes(len(s))
+}
+
+func varintFieldSize(x uint64) int {
+	if x == 0 {
+		return 0
+	}
+	return 1 + protowire.SizeVarint(x)
 }

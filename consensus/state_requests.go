@@ -49,15 +49,11 @@ func (e *requestEntry) outcome() outcome {
 	return outcome{vm: e.vm, node: e.node, res: e.result}
 }
 
-// resultProto is the entry's Result as the snapshot stores it. For entries
-// not restored from a snapshot it is freshly built; sc, when non-nil,
-// lends the VM record (valid until its next fill).
-func (e *requestEntry) resultProto(sc *recordScratch) *blixardpb.Result {
+// resultProto is the entry's Result as the snapshot stores it: the
+// restored one, or a freshly built one.
+func (e *requestEntry) resultProto() *blixardpb.Result {
 	if e.result != nil {
 		return e.result
-	}
-	if e.vm != nil && sc != nil {
-		return &blixardpb.Result{Vm: sc.fill(e.vm), Error: &blixardpb.Error{}}
 	}
 	return e.outcome().result()
 }
