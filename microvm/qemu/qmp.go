@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
@@ -132,6 +133,11 @@ func (q *QMP) withDeadline(ctx context.Context, f func() error) error {
 	stop := context.AfterFunc(ctx, func() { q.conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	err := f()
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The connection's deadline is ctx's: its timer may fire a moment
+		// before ctx's own, so wait for ctx to say so.
+		<-ctx.Done()
+	}
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("qmp: %w", ctx.Err())
 	}
