@@ -94,18 +94,21 @@ func nodeStatusWord(s blixardpb.NodeStatus) string {
 // planMembership is the leader's decision, a pure function of the view:
 //
 //   - a gossip member that announces it is joining and is not a replica
-//     is registered (UpsertNode) and added as a voter while the voters
-//     number fewer than MaxVoters, otherwise as non-voting; a joining
+//     is registered (UpsertNode) and added as non-voting; a joining
 //     member that is already a replica is told its role (the join reply
-//     is repeated until the member stops announcing Joining);
+//     is repeated until the member stops announcing Joining, which it
+//     does once its replica has caught up and it registered itself);
+//   - while the voters number fewer than MaxVoters, live non-voting
+//     members that no longer announce Joining are promoted, lowest id
+//     first. A member thus votes only once it has caught up: a joiner
+//     that never comes up cannot cost the cluster its quorum (adding a
+//     second voter to a single node would otherwise need both);
 //   - a joining member whose id was removed from Raft is refused;
 //   - a member dead or gone for DownGrace (with a node record but never
 //     seen: for twice DownGrace after Since) is set down, which re-places
 //     its VMs;
 //   - a member alive in gossip whose record is down or suspect is set
-//     alive again (and so is the leader itself);
-//   - while the voters number fewer than MaxVoters (a voter left), live
-//     non-voting members are promoted, lowest id first.
+//     alive again (and so is the leader itself).
 //
 // Members that are not replicas and do not announce Joining (a node
 // bootstrapped as another cluster) are left alone.
@@ -159,16 +162,9 @@ func planMembership(v membershipView) []membershipAction {
 			if m.RaftAddr == "" {
 				continue
 			}
-			out = append(out, membershipAction{Kind: actUpsertNode, NodeID: id, Record: recordFromMeta(m.Meta), Why: "joined by gossip"})
-			role := RoleVoter
-			if voters < maxVoters {
-				voters++
-				out = append(out, membershipAction{Kind: actAddVoter, NodeID: id, Addr: m.RaftAddr})
-			} else {
-				role = RoleNonVoting
-				out = append(out, membershipAction{Kind: actAddNonVoting, NodeID: id, Addr: m.RaftAddr})
-			}
-			out = append(out, membershipAction{Kind: actReply, NodeID: id, Reply: membership.JoinReply{NodeID: id, Role: role}})
+			out = append(out, membershipAction{Kind: actUpsertNode, NodeID: id, Record: recordFromMeta(m.Meta), Why: "joined by gossip"},
+				membershipAction{Kind: actAddNonVoting, NodeID: id, Addr: m.RaftAddr},
+				membershipAction{Kind: actReply, NodeID: id, Reply: membership.JoinReply{NodeID: id, Role: RoleNonVoting}})
 			continue
 		case m.Joining:
 			role := RoleVoter
@@ -178,7 +174,7 @@ func planMembership(v membershipView) []membershipAction {
 			out = append(out, membershipAction{Kind: actReply, NodeID: id, Reply: membership.JoinReply{NodeID: id, Role: role}})
 		case isNonVoting && voters < maxVoters && m.State == membership.StateAlive && !m.Leaving && m.RaftAddr != "":
 			voters++
-			out = append(out, membershipAction{Kind: actAddVoter, NodeID: id, Addr: v.Raft.NonVoting[id], Why: "promoted: fewer voters than the maximum"})
+			out = append(out, membershipAction{Kind: actAddVoter, NodeID: id, Addr: v.Raft.NonVoting[id], Why: "caught up; fewer voters than the maximum"})
 		}
 		if r := records[id]; r != nil && m.State == membership.StateAlive && !m.Leaving {
 			switch r.GetStatus() {

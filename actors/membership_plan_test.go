@@ -38,18 +38,18 @@ func TestPlanMembership(t *testing.T) {
 		want []string
 	}{
 		{
-			name: "joining member becomes a voter and is told so",
-			view: membershipView{Self: 1, Gossip: []membership.Member{member(2, membership.StateAlive, t0, true)},
+			name: "a joining member is added non-voting and told so, in id order",
+			view: membershipView{Self: 1, Gossip: []membership.Member{
+				member(3, membership.StateAlive, t0, true), member(2, membership.StateAlive, t0, true)},
 				Raft: raft([]uint64{1}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive)}},
-			want: []string{"upsert node 2", "add voter 2 at r2", "tell node 2 it is a voter"},
+			want: []string{"upsert node 2", "add non-voting 2 at r2", "tell node 2 it is a non-voting",
+				"upsert node 3", "add non-voting 3 at r3", "tell node 3 it is a non-voting"},
 		},
 		{
-			name: "beyond max voters joiners are non-voting, in id order",
-			view: membershipView{Self: 1, MaxVoters: 3, Gossip: []membership.Member{
-				member(4, membership.StateAlive, t0, true), member(3, membership.StateAlive, t0, true)},
-				Raft: raft([]uint64{1, 2}, nil)},
-			want: []string{"upsert node 3", "add voter 3 at r3", "tell node 3 it is a voter",
-				"upsert node 4", "add non-voting 4 at r4", "tell node 4 it is a non-voting"},
+			name: "a joined member that caught up is promoted",
+			view: membershipView{Self: 1, Gossip: []membership.Member{member(2, membership.StateAlive, t0, false)},
+				Raft: raft([]uint64{1}, []uint64{2}), Nodes: []*blixardpb.NodeRecord{rec(2, alive)}},
+			want: []string{"add voter 2 at r2"},
 		},
 		{
 			name: "a joining replica is told its role again, nothing else",
