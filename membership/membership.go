@@ -71,7 +71,8 @@ type Member struct {
 type Config struct {
 	Meta Meta
 	// BindAddr is the gossip host:port (TCP and UDP); AdvertiseAddr,
-	// when set, is the address announced instead.
+	// when set, is the address announced instead. A wildcard bind host
+	// (0.0.0.0 or empty) announces the host's first private address.
 	BindAddr      string
 	AdvertiseAddr string
 	// Key is the shared encryption key (16, 24 or 32 bytes); nil gossips
@@ -134,7 +135,11 @@ func Start(cfg Config) (*Gossip, error) {
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = NodeName(cfg.Meta.NodeID)
 	mc.BindAddr, mc.BindPort = host, port
-	mc.AdvertiseAddr, mc.AdvertisePort = host, port
+	// A wildcard bind lets memberlist advertise the host's private address.
+	if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+		mc.AdvertiseAddr = host
+	}
+	mc.AdvertisePort = port
 	if cfg.AdvertiseAddr != "" {
 		ah, ap, err := splitHostPort(cfg.AdvertiseAddr)
 		if err != nil {
@@ -183,6 +188,20 @@ func splitHostPort(addr string) (string, int, error) {
 	}
 	if h == "" {
 		h = "0.0.0.0"
+	}
+	if net.ParseIP(h) == nil {
+		// memberlist takes IP addresses only.
+		ips, err := net.LookupIP(h)
+		if err != nil || len(ips) == 0 {
+			return "", 0, fmt.Errorf("resolving %q: %v", h, err)
+		}
+		h = ips[0].String()
+		for _, ip := range ips {
+			if ip.To4() != nil {
+				h = ip.String()
+				break
+			}
+		}
 	}
 	return h, port, nil
 }
