@@ -56,7 +56,7 @@ verify: proto-check
 	@go mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (run go mod tidy)"; go mod tidy -diff; exit 1; }
 	@echo verify: ok
 
-## demo: a local dev node (later: a 3-node cluster booting real microVMs).
+## demo: a local 3-node cluster in its own network namespace booting real microVMs.
 demo: deps build
 	./scripts/demo.sh
 
