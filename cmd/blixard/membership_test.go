@@ -615,3 +615,45 @@ func TestBootstrapExpect(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaderLeaves: the Raft leader run with --leave-on-exit leaves on
+// SIGTERM; the other two elect a leader and keep accepting writes.
+func TestLeaderLeaves(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test: builds the binary and runs three nodes")
+	}
+	bin := buildBinary(t)
+	c := newJoinCluster(t, bin, 3)
+	n1 := c.nodes[0]
+	c.startJoin(n1, "", "--leave-on-exit")
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true})
+	c.startJoin(c.nodes[1], n1.gossip, "--leave-on-exit")
+	c.startJoin(c.nodes[2], n1.gossip, "--leave-on-exit")
+	st := c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true})
+	c.mustCLI("--addr", n1.api, "vm", "create", "web", "--wait")
+	leader := c.nodes[st.LeaderID-1]
+	leader.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-leader.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the leader did not exit within a minute of SIGTERM")
+	}
+	if code := leader.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("leaving leader exited %d", code)
+	}
+	leader.cmd = nil
+	rest := liveNodes(c)
+	want := map[uint64]bool{}
+	for _, nd := range rest {
+		want[uint64(nd.id)] = true
+	}
+	c.waitMembers(rest[0].api, time.Minute, want)
+	c.mustCLI("--addr", rest[1].api, "vm", "create", "after", "--wait")
+	waitUntil(t, time.Minute, "both VMs running once", func() (bool, string) {
+		vms, out, ok := c.vmList(rest[0].api, false)
+		if !ok || len(vms) != 2 {
+			return false, out
+		}
+		return runningOnce(t, vms, c.nodes)
+	})
+}
