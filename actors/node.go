@@ -91,8 +91,9 @@ type NodeConfig struct {
 	// so they are acted on before the next 200 ms tick.
 	Gossip       Gossip
 	GossipEvents <-chan struct{}
-	// MaxVoters caps the voting replicas the leader adds; later joiners
-	// become non-voting (default 5).
+	// MaxVoters caps the voters: joiners enter Raft as non-voting and the
+	// leader promotes them, once caught up, while there are fewer
+	// (default 5).
 	MaxVoters int
 	// DownGrace is how long a member stays dead in gossip before the
 	// leader sets it down and its VMs are re-placed (default 4 s).
