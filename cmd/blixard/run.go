@@ -108,7 +108,7 @@ fake driver.`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug|info|warn|error")
 	fl.StringVar(&f.subnet, "subnet", "", "IPv4 CIDR for VM addresses, applied when this node initialises a new cluster (default 10.0.0.0/24)")
 	fl.StringVar(&f.gossip.keyFile, "gossip-key-file", "", "file holding the shared gossip encryption key (16, 24 or 32 bytes; raw, base64 or hex); every member needs the same key")
-	fl.IntVar(&f.gossip.maxVoters, "max-voters", actors.DefaultMaxVoters, "voting Raft members the leader adds before further joiners become non-voting")
+	fl.IntVar(&f.gossip.maxVoters, "max-voters", actors.DefaultMaxVoters, "most Raft voters: joiners enter as non-voting and are promoted once caught up while voters are fewer")
 	fl.DurationVar(&f.gossip.downGrace, "down-grace", actors.DefaultDownGrace, "how long a member stays dead in gossip before it is set down and its VMs re-placed (must exceed --fence-timeout)")
 	fl.DurationVar(&f.gossip.fenceTimeout, "fence-timeout", actors.DefaultFenceTimeout, "stop this node's VMs after this long without contact with a Raft quorum (0 disables self-fencing)")
 	fl.DurationVar(&f.gossip.probeInterval, "gossip-probe-interval", membership.DefaultProbeInterval, "gossip failure-detection probe interval")
