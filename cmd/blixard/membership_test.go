@@ -328,6 +328,9 @@ func TestNodeLossReplacesVMsOnce(t *testing.T) {
 	victimName := fmt.Sprintf("node-%d", victim.id)
 	detect, ok1 := firstLogTime(survivors, regexp.MustCompile(`Marking `+victimName+` as failed`))
 	down, ok2 := firstLogTime(survivors, regexp.MustCompile(fmt.Sprintf(`"action":"set node %d down"`, victim.id)))
+	if ok1 && ok2 && down.Sub(detect) < 4*time.Second {
+		t.Fatalf("node %d set down %s after gossip declared it dead, before the 4s grace", victim.id, down.Sub(detect))
+	}
 	if ok1 && ok2 {
 		t.Logf("MEASURE node SIGKILL -> all VMs running elsewhere: %s (detection %s, down proposed at %s, started %s after)",
 			allRunning.Round(time.Millisecond), detect.Sub(killedAt).Round(time.Millisecond),
