@@ -295,6 +295,7 @@ func TestRaftSMMatchesApply(t *testing.T) {
 	var got [][]Effect
 	m := &raftSM{replicaID: 3, state: NewState(), onEffects: func(e []Effect) { got = append(got, e) }}
 	quiet := &raftSM{replicaID: 2, state: NewState()} // no hook: no effects built
+	var results [][]byte
 	for i := uint64(1); i <= 3000; i++ {
 		c := randomCommand(r, ref)
 		cmd, err := proto.Marshal(c)
@@ -316,13 +317,14 @@ func TestRaftSMMatchesApply(t *testing.T) {
 			t.Fatalf("step %d: code %d, want %v", i, res.Value, want.GetError())
 		}
 		if proposer == 0 || proposer == 3 {
-			var out blixardpb.Result
-			if err := proto.Unmarshal(res.Data, &out); err != nil {
+			out, err := decodeResult(res.Data)
+			if err != nil {
 				t.Fatal(err)
 			}
-			if !proto.Equal(&out, want) {
-				t.Fatalf("step %d (%v): result\n%v\nwant\n%v", i, c, &out, want)
+			if !proto.Equal(out, want) {
+				t.Fatalf("step %d (%v): result\n%v\nwant\n%v", i, c, out, want)
 			}
+			results = append(results, res.Data)
 		} else if len(res.Data) != 0 {
 			t.Fatalf("step %d: a non-proposer encoded the result", i)
 		}
@@ -350,6 +352,48 @@ func TestRaftSMMatchesApply(t *testing.T) {
 				t.Fatalf("step %d: snapshots differ", i)
 			}
 		}
+	}
+	checkResultDecoder(t, r, results)
+}
+
+// checkResultDecoder: the hand-written Result decoder takes the fast path
+// for VM results and agrees with proto.Unmarshal on them and on mangled
+// copies (flipped bytes, truncations): whenever the fast path accepts an
+// input, proto.Unmarshal accepts it too and yields the same message.
+func checkResultDecoder(t *testing.T, r *rand.Rand, results [][]byte) {
+	t.Helper()
+	fast := 0
+	for _, data := range results {
+		for k := 0; k < 20; k++ {
+			in := data
+			if k > 0 && len(data) > 0 {
+				in = bytes.Clone(data)
+				switch k % 3 {
+				case 0:
+					in = in[:r.Intn(len(in))]
+				default:
+					in[r.Intn(len(in))] = byte(r.Intn(256))
+				}
+			}
+			got, ok := decodeVMResult(in)
+			if !ok {
+				if k == 0 && strings.Contains(string(data), "vm-") {
+					t.Fatalf("fast path refused a VM result %x", data)
+				}
+				continue
+			}
+			fast++
+			var want blixardpb.Result
+			if err := proto.Unmarshal(in, &want); err != nil {
+				t.Fatalf("fast path accepted %x, proto.Unmarshal: %v", in, err)
+			}
+			if !proto.Equal(got, &want) {
+				t.Fatalf("decoding %x:\n got %v\nwant %v", in, got, &want)
+			}
+		}
+	}
+	if fast < len(results) {
+		t.Fatalf("fast path taken %d times for %d results", fast, len(results))
 	}
 }
 
@@ -398,6 +442,11 @@ func TestVMEncoderMatchesProto(t *testing.T) {
 			}
 			if got := en.appendResult([]byte("x"), v); !bytes.Equal(got[1:], want) || got[0] != 'x' {
 				t.Fatalf("%s: result encoding differs", sp.GetName())
+			}
+			// The proposer's Replica decodes it by hand.
+			got, ok := decodeVMResult(want)
+			if !ok || !proto.Equal(got, vmOutcome(v).result()) {
+				t.Fatalf("%s: decoded result (fast path %v) differs:\n got %v\nwant %v", sp.GetName(), ok, got, vmOutcome(v).result())
 			}
 		}
 	}

@@ -382,8 +382,8 @@ func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixard
 		return nil, raftUnavailable("proposal", err)
 	}
 	rs.Release()
-	out := &blixardpb.Result{}
-	if err := proto.Unmarshal(res.Data, out); err != nil {
+	out, err := decodeResult(res.Data)
+	if err != nil {
 		return nil, fmt.Errorf("decoding result: %w", err)
 	}
 	return out, nil

@@ -4,9 +4,13 @@ import (
 	"fmt"
 	"io"
 	"sync/atomic"
+	"unicode/utf8"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/blixard/blixard/proto/blixardpb"
 )
 
 // raftSM adapts State to dragonboat's regular in-memory state machine
@@ -144,3 +148,255 @@ func (m *raftSM) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan 
 
 // Close implements statemachine.IStateMachine; State holds no resources.
 func (m *raftSM) Close() error { return nil }
+
+// decodeResult decodes the Result that Update encoded for the proposer.
+// The common case, a VM result, is decoded by hand: all its strings share
+// one allocation and no reflection is involved. Anything else (a node
+// result, an unexpected field) goes through proto.Unmarshal. Both give
+// the same message; a test compares them on valid and mangled input.
+func decodeResult(data []byte) (*blixardpb.Result, error) {
+	if r, ok := decodeVMResult(data); ok {
+		return r, nil
+	}
+	out := &blixardpb.Result{}
+	if err := proto.Unmarshal(data, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// wireReader reads protobuf fields; strings are substrings of str, a
+// single copy of the whole input. ok turns false on anything the fast
+// path does not handle, and stays false.
+type wireReader struct {
+	str string
+	b   []byte
+	off int // offset of b in str
+	ok  bool
+}
+
+func (r *wireReader) more() bool { return r.ok && len(r.b) > 0 }
+
+func (r *wireReader) tag() (protowire.Number, protowire.Type) {
+	num, typ, n := protowire.ConsumeTag(r.b)
+	if n < 0 {
+		r.ok = false
+		return 0, 0
+	}
+	r.skip(n)
+	return num, typ
+}
+
+func (r *wireReader) skip(n int) { r.b, r.off = r.b[n:], r.off+n }
+
+func (r *wireReader) varint(typ protowire.Type) uint64 {
+	if typ != protowire.VarintType {
+		r.ok = false
+		return 0
+	}
+	v, n := protowire.ConsumeVarint(r.b)
+	if n < 0 {
+		r.ok = false
+		return 0
+	}
+	r.skip(n)
+	return v
+}
+
+// sub returns the next length-delimited value as a reader of its own.
+func (r *wireReader) sub(typ protowire.Type) wireReader {
+	if typ != protowire.BytesType {
+		r.ok = false
+		return wireReader{}
+	}
+	l, n := protowire.ConsumeVarint(r.b)
+	if n < 0 || l > uint64(len(r.b)-n) {
+		r.ok = false
+		return wireReader{}
+	}
+	s := wireReader{str: r.str, b: r.b[n : n+int(l)], off: r.off + n, ok: true}
+	r.skip(n + int(l))
+	return s
+}
+
+func (r *wireReader) string(typ protowire.Type) string {
+	s := r.sub(typ)
+	if !r.ok {
+		return ""
+	}
+	v := r.str[s.off : s.off+len(s.b)]
+	if !utf8.ValidString(v) {
+		r.ok = false
+	}
+	return v
+}
+
+func decodeVMResult(data []byte) (*blixardpb.Result, bool) {
+	r := wireReader{str: string(data), b: data, ok: true}
+	res := &blixardpb.Result{}
+	for r.more() {
+		switch num, typ := r.tag(); num {
+		case 1:
+			if res.Error != nil {
+				return nil, false // proto would merge; leave that to it
+			}
+			e := r.sub(typ)
+			res.Error = &blixardpb.Error{}
+			for e.more() {
+				switch num, typ := e.tag(); num {
+				case 1:
+					res.Error.Code = blixardpb.Code(int32(e.varint(typ)))
+				case 2:
+					res.Error.Message = e.string(typ)
+				default:
+					return nil, false
+				}
+			}
+			r.ok = r.ok && e.ok
+		case 2:
+			if res.Vm != nil {
+				return nil, false
+			}
+			v := r.sub(typ)
+			res.Vm = decodeVMRecord(&v)
+			r.ok = r.ok && v.ok
+		default:
+			return nil, false
+		}
+	}
+	return res, r.ok
+}
+
+func decodeVMRecord(r *wireReader) *blixardpb.VmRecord {
+	v := &blixardpb.VmRecord{}
+	for r.more() {
+		switch num, typ := r.tag(); num {
+		case 1:
+			v.Id = r.varint(typ)
+		case 2:
+			if v.Spec != nil {
+				r.ok = false
+				break
+			}
+			s := r.sub(typ)
+			v.Spec = decodeVMSpec(&s)
+			r.ok = r.ok && s.ok
+		case 3:
+			v.Desired = blixardpb.DesiredState(int32(r.varint(typ)))
+		case 4:
+			v.NodeId = r.varint(typ)
+		case 5:
+			v.Generation = r.varint(typ)
+		case 6:
+			v.Status = blixardpb.VmStatus(int32(r.varint(typ)))
+		case 7:
+			v.Restarts = uint32(r.varint(typ))
+		case 8:
+			v.Message = r.string(typ)
+		case 9:
+			v.Ip = r.string(typ)
+		case 10:
+			v.Mac = r.string(typ)
+		case 11:
+			v.Tap = r.string(typ)
+		case 12:
+			v.CreatedUnixMs = int64(r.varint(typ))
+		case 13:
+			v.UpdatedUnixMs = int64(r.varint(typ))
+		default:
+			r.ok = false
+		}
+	}
+	return v
+}
+
+func decodeVMSpec(r *wireReader) *blixardpb.VmSpec {
+	s := &blixardpb.VmSpec{}
+	for r.more() {
+		switch num, typ := r.tag(); num {
+		case 1:
+			s.Name = r.string(typ)
+		case 2:
+			s.Tenant = r.string(typ)
+		case 3:
+			s.Hypervisor = r.string(typ)
+		case 4:
+			s.Vcpus = uint32(r.varint(typ))
+		case 5:
+			s.MemoryMb = r.varint(typ)
+		case 6:
+			s.Kernel = r.string(typ)
+		case 7:
+			s.Initrd = r.string(typ)
+		case 8:
+			s.Flake = r.string(typ)
+		case 9:
+			s.KernelParams = append(s.KernelParams, r.string(typ))
+		case 10:
+			sub := r.sub(typ)
+			vol := &blixardpb.Volume{}
+			for sub.more() {
+				switch num, typ := sub.tag(); num {
+				case 1:
+					vol.Name = sub.string(typ)
+				case 2:
+					vol.Image = sub.string(typ)
+				case 3:
+					vol.SizeMb = sub.varint(typ)
+				case 4:
+					vol.MountPoint = sub.string(typ)
+				case 5:
+					vol.ReadOnly = sub.varint(typ) != 0
+				default:
+					sub.ok = false
+				}
+			}
+			r.ok = r.ok && sub.ok
+			s.Volumes = append(s.Volumes, vol)
+		case 11:
+			if s.Restart != nil {
+				r.ok = false
+				break
+			}
+			sub := r.sub(typ)
+			rp := &blixardpb.RestartPolicy{}
+			for sub.more() {
+				switch num, typ := sub.tag(); num {
+				case 1:
+					rp.Mode = sub.string(typ)
+				case 2:
+					rp.MaxRestarts = uint32(sub.varint(typ))
+				case 3:
+					rp.WindowSeconds = uint32(sub.varint(typ))
+				default:
+					sub.ok = false
+				}
+			}
+			r.ok = r.ok && sub.ok
+			s.Restart = rp
+		case 12:
+			s.NodeId = r.varint(typ)
+		case 13:
+			sub := r.sub(typ)
+			var k, v string
+			for sub.more() {
+				switch num, typ := sub.tag(); num {
+				case 1:
+					k = sub.string(typ)
+				case 2:
+					v = sub.string(typ)
+				default:
+					sub.ok = false
+				}
+			}
+			r.ok = r.ok && sub.ok
+			if s.Labels == nil {
+				s.Labels = make(map[string]string, 4)
+			}
+			s.Labels[k] = v
+		default:
+			r.ok = false
+		}
+	}
+	return s
+}
