@@ -11,7 +11,8 @@
 #        SUITE    Debian suite  (default bookworm)
 #
 # Start a container from it with systemd as PID 1 (cgroup v1 hosts):
-#   docker run -d --privileged --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup \
+#   docker run -d --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined \
+#     --security-opt apparmor=unconfined --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup \
 #     --tmpfs /run --tmpfs /run/lock --entrypoint /sbin/init blixard-host:<hash>
 #
 # Needs root, docker and debootstrap (installed with apt-get when missing).

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +18,10 @@ import (
 
 	"github.com/blixard/blixard/microvm/qemu"
 )
+
+// inContainerCount is how often the in-container tests run (-test.count):
+// more than once to catch races with systemd and journald.
+const inContainerCount = "3"
 
 // inContainer selects the tests that run inside the systemd container.
 const inContainer = "BLIXARD_SYSTEMD_IN_CONTAINER"
@@ -60,22 +65,22 @@ func TestDockerSystemd(t *testing.T) {
 	var suffix [4]byte
 	rand.Read(suffix[:])
 	name := "blixard-systemd-test-" + hex.EncodeToString(suffix[:])
-	run := exec.Command("docker", "run", "-d", "--name", name,
-		"--privileged", "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup",
-		"--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
-		"--entrypoint", "/sbin/init", image)
-	if out, err := run.CombinedOutput(); err != nil {
-		t.Fatalf("docker run: %v\n%s", err, out)
-	}
+	// Registered before the container exists, so a failed run leaves no
+	// created-but-not-started container behind either.
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := exec.Command("docker", "exec", name, "journalctl", "--no-pager", "-n", "80").CombinedOutput()
 			t.Logf("container journal (last 80 lines):\n%s", logs)
 		}
-		if out, err := exec.Command("docker", "rm", "-f", name).CombinedOutput(); err != nil {
+		out, err := exec.Command("docker", "rm", "-f", name).CombinedOutput()
+		if err != nil && !bytes.Contains(out, []byte("No such container")) {
 			t.Errorf("removing container %s: %v\n%s", name, err, out)
 		}
 	})
+	args := append([]string{"run", "-d", "--name", name}, SystemdContainerArgs...)
+	if out, err := exec.Command("docker", append(args, image)...).CombinedOutput(); err != nil {
+		t.Fatalf("docker run: %v\n%s", err, out)
+	}
 
 	booting := time.Now()
 	var state string
@@ -96,7 +101,7 @@ func TestDockerSystemd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	inner := exec.CommandContext(ctx, "docker", "exec", "-e", inContainer+"=1", "-w", "/tmp", name,
-		"/usr/local/bin/systemd.test", "-test.run", "^TestInContainer", "-test.v", "-test.count=1")
+		"/usr/local/bin/systemd.test", "-test.run", "^TestInContainer", "-test.v", "-test.count="+inContainerCount)
 	out, err = inner.CombinedOutput()
 	t.Logf("in-container tests:\n%s", out)
 	if err != nil {
@@ -105,6 +110,18 @@ func TestDockerSystemd(t *testing.T) {
 	if !bytes.Contains(out, []byte("--- PASS: TestInContainerUnit")) {
 		t.Fatal("the in-container tests did not run")
 	}
+}
+
+// SystemdContainerArgs are the `docker run` options that boot systemd as
+// PID 1 from the host image on a cgroup v1 Docker host. Not --privileged:
+// where Docker itself runs in a container it may lack capabilities
+// (CAP_SYS_RESOURCE here) that --privileged asks for and fail to start.
+var SystemdContainerArgs = []string{
+	"--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+	"--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+	"--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup",
+	"--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+	"--entrypoint", "/sbin/init",
 }
 
 // waitFor polls cond until it holds or timeout passes.
@@ -198,7 +215,7 @@ func TestInContainerUnit(t *testing.T) {
 	}
 	t.Logf("systemctl show %s: %v", unit, got)
 	checkCgroupV1(t, p.PID(), "memory", "memory.limit_in_bytes", "341835776")
-	checkCgroupV1(t, p.PID(), "cpu,cpuacct", "cpu.cfs_quota_us", "200000")
+	checkCgroupV1(t, p.PID(), "cpu", "cpu.cfs_quota_us", "200000")
 
 	// A second start of a running VM is refused.
 	if _, err := s.StartVM(ctx, dir, argv, logPath, qemu.Resources{Name: "t1"}); !errors.Is(err, ErrUnitRunning) {
@@ -288,6 +305,11 @@ func TestInContainerExit(t *testing.T) {
 
 	if _, err := s.StartVM(ctx, dir, []string{"/nonexistent/qemu"}, logPath, qemu.Resources{Name: "t3"}); err == nil {
 		t.Error("a runner that cannot be executed started")
+	} else {
+		t.Logf("start of a missing runner: %v", err)
+	}
+	if b, _ := os.ReadFile(logPath); !bytes.Contains(b, []byte("/nonexistent/qemu")) {
+		t.Errorf("log %s does not say why the unit failed to start; has %q", logPath, b)
 	}
 	if st := show(t, UnitName("t3"), "ActiveState")["ActiveState"]; st == "failed" {
 		t.Errorf("failed start left unit %s failed, not reset", UnitName("t3"))
@@ -304,10 +326,10 @@ func checkCgroupV1(t *testing.T, pid int, controller, file, want string) {
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 || parts[1] != controller {
+		if len(parts) != 3 || !slices.Contains(strings.Split(parts[1], ","), controller) {
 			continue
 		}
-		path := filepath.Join("/sys/fs/cgroup", controller, parts[2], file)
+		path := filepath.Join("/sys/fs/cgroup", parts[1], parts[2], file)
 		got, err := os.ReadFile(path)
 		if err != nil {
 			t.Errorf("reading %s: %v", path, err)

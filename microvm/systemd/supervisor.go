@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -161,7 +162,18 @@ func (s *Supervisor) StartVM(ctx context.Context, dir string, argv []string, log
 	select {
 	case r := <-result:
 		if r != "done" {
-			appendJournal(logPath, name, "")
+			st, err := readState(ctx, conn, unit)
+			if err == nil && st.ran() {
+				// The runner started and has already exited: a Process
+				// that is done, as the exec supervisor reports it.
+				rec := record{Unit: unit, Name: name, InvocationID: st.InvocationID, MainPID: st.ExecMainPID, StartedAt: st.startedAt()}
+				p := s.newProcess(rec, logPath)
+				p.finish(conn, st)
+				return p, nil
+			}
+			// systemd's own words about the unit (an executable that is
+			// missing, a working directory that is not there).
+			appendJournal(logPath, "-u", unit)
 			conn.ResetFailedUnitContext(context.WithoutCancel(ctx), unit)
 			return nil, fmt.Errorf("starting unit %s: job %s", unit, r)
 		}
@@ -175,9 +187,12 @@ func (s *Supervisor) StartVM(ctx context.Context, dir string, argv []string, log
 		return nil, fmt.Errorf("reading unit %s: %w", unit, err)
 	}
 	rec := record{Unit: unit, Name: name, InvocationID: st.InvocationID, MainPID: st.MainPID, StartedAt: st.startedAt()}
+	if rec.MainPID == 0 {
+		rec.MainPID = st.ExecMainPID
+	}
 	p := s.newProcess(rec, logPath)
-	if !st.running() {
-		// It exited already; report how.
+	if st.InvocationID == "" || st.final() {
+		// It exited already (and was collected when it exited cleanly).
 		p.finish(conn, st)
 		return p, nil
 	}
@@ -234,8 +249,9 @@ type state struct {
 	LoadState    string
 	ActiveState  string
 	InvocationID string // hex; "" when the unit has not run
-	MainPID      int
-	ExecMainCode int32 // CLD_EXITED 1, CLD_KILLED 2, CLD_DUMPED 3
+	MainPID      int    // 0 once the process has exited
+	ExecMainPID  int    // the main process's pid, kept after it exited
+	ExecMainCode int32  // CLD_EXITED 1, CLD_KILLED 2, CLD_DUMPED 3
 	ExecMainStat int32
 	StartedUSec  uint64
 }
@@ -244,6 +260,24 @@ func (st state) running() bool {
 	switch st.ActiveState {
 	case "active", "activating", "reloading", "deactivating":
 		return st.MainPID > 0
+	}
+	return false
+}
+
+// final reports whether the unit's run is over: inactive, failed or gone.
+func (st state) final() bool {
+	return st.LoadState == "not-found" || st.ActiveState == "inactive" || st.ActiveState == "failed"
+}
+
+// ran reports whether the unit's main process was executed and has
+// exited; exit statuses 200–243 are systemd's own failures to set up or
+// execute it (EXIT_CHDIR, EXIT_EXEC, …), so those did not run.
+func (st state) ran() bool {
+	switch st.ExecMainCode {
+	case 1:
+		return st.ExecMainStat < 200 || st.ExecMainStat > 243
+	case 2, 3:
+		return true
 	}
 	return false
 }
@@ -286,6 +320,9 @@ func readState(ctx context.Context, conn *sddbus.Conn, unit string) (state, erro
 	}
 	if pid, ok := svc["MainPID"].(uint32); ok {
 		st.MainPID = int(pid)
+	}
+	if pid, ok := svc["ExecMainPID"].(uint32); ok {
+		st.ExecMainPID = int(pid)
 	}
 	st.ExecMainCode, _ = svc["ExecMainCode"].(int32)
 	st.ExecMainStat, _ = svc["ExecMainStatus"].(int32)
@@ -375,8 +412,8 @@ func (p *unitProcess) watch(life context.Context, conn *sddbus.Conn, dir string)
 			}
 			continue
 		}
-		if st.InvocationID == p.rec.InvocationID && st.running() && st.MainPID == p.rec.MainPID {
-			continue
+		if st.InvocationID == p.rec.InvocationID && !st.final() {
+			continue // running, or on its way to inactive/failed
 		}
 		if st.InvocationID != p.rec.InvocationID {
 			// Collected (clean exit) or replaced by another run: the
@@ -393,10 +430,12 @@ func (p *unitProcess) watch(life context.Context, conn *sddbus.Conn, dir string)
 func (p *unitProcess) finish(conn *sddbus.Conn, st state) {
 	p.once.Do(func() {
 		p.status = st.status()
-		if st.ActiveState == "failed" && p.reap {
-			if p.status.Code != 0 || p.status.Signal != "" {
-				appendJournal(p.logPath, p.rec.Name, p.rec.InvocationID)
-			}
+		if p.reap && p.status.Known && (p.status.Code != 0 || p.status.Signal != "") {
+			// By pid, not invocation id: journald cannot attribute the
+			// lines of a process that exited at once to its unit.
+			appendJournal(p.logPath, "-t", Identifier(p.rec.Name), "_PID="+strconv.Itoa(p.rec.MainPID))
+		}
+		if p.reap && st.ActiveState == "failed" {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			conn.ResetFailedUnitContext(ctx, p.rec.Unit)
 			cancel()
@@ -405,16 +444,14 @@ func (p *unitProcess) finish(conn *sddbus.Conn, st state) {
 	})
 }
 
-// appendJournal appends the last lines the VM's unit logged (of one
-// invocation when given) to logPath. Best effort: journalctl may be absent.
-func appendJournal(logPath, name, invocation string) {
+// appendJournal appends the last lines journalctl prints for match (a
+// -t or -u option and field matches) to logPath. Best effort: journalctl
+// may be absent.
+func appendJournal(logPath string, match ...string) {
 	if logPath == "" {
 		return
 	}
-	args := []string{"--no-pager", "-q", "-o", "cat", "-n", "20", "-t", Identifier(name)}
-	if invocation != "" {
-		args = append(args, "_SYSTEMD_INVOCATION_ID="+invocation)
-	}
+	args := append([]string{"--no-pager", "-q", "-o", "cat", "-n", "20"}, match...)
 	// journald reads the unit's output stream on its own time: give the
 	// last lines a moment to arrive.
 	var out []byte

@@ -56,7 +56,10 @@ func Properties(spec UnitSpec) []sddbus.Property {
 		sddbus.PropDescription(fmt.Sprintf("blixard vm %s", spec.Name)),
 		// exec: the start job fails when argv[0] cannot be executed.
 		sddbus.PropType("exec"),
-		sddbus.PropExecStart(spec.Argv, true),
+		// The flag go-systemd calls uncleanIsFailure is systemd's
+		// ExecStart "ignore failure" (the "-" prefix): false, or a killed
+		// runner would count as a clean exit and a missing one as started.
+		sddbus.PropExecStart(spec.Argv, false),
 		prop("WorkingDirectory", spec.Dir),
 		prop("Restart", "no"),
 		prop("KillMode", "mixed"),
