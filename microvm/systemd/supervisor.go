@@ -330,6 +330,24 @@ func readState(ctx context.Context, conn *sddbus.Conn, unit string) (state, erro
 	return st, nil
 }
 
+// readBrief reads only a unit's ActiveState and InvocationID.
+func readBrief(ctx context.Context, conn *sddbus.Conn, unit string) (state, error) {
+	var st state
+	a, err := conn.GetUnitPropertyContext(ctx, unit, "ActiveState")
+	if err != nil {
+		return state{}, err
+	}
+	st.ActiveState, _ = a.Value.Value().(string)
+	id, err := conn.GetUnitPropertyContext(ctx, unit, "InvocationID")
+	if err != nil {
+		return state{}, err
+	}
+	if b, ok := id.Value.Value().([]byte); ok && len(b) > 0 {
+		st.InvocationID = hex.EncodeToString(b)
+	}
+	return st, nil
+}
+
 // unitProcess is one run of a VM's unit.
 type unitProcess struct {
 	sup     *Supervisor
@@ -404,7 +422,12 @@ func (p *unitProcess) watch(life context.Context, conn *sddbus.Conn, dir string)
 		}
 		conn = c
 		ctx, cancel := context.WithTimeout(life, 10*time.Second)
-		st, err := readState(ctx, conn, p.rec.Unit)
+		// Two small reads while the run goes on; all of the unit's
+		// properties only once it is over.
+		st, err := readBrief(ctx, conn, p.rec.Unit)
+		if err == nil && (st.InvocationID != p.rec.InvocationID || st.final()) {
+			st, err = readState(ctx, conn, p.rec.Unit)
+		}
 		cancel()
 		if err != nil {
 			if life.Err() == nil {
