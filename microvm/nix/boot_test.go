@@ -25,19 +25,7 @@ func TestBootGuest(t *testing.T) {
 		t.Skip("boots a kernel under TCG; skipped with -short")
 	}
 	needNix(t)
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not installed (scripts/guest.sh installs it)")
-	}
-	gdir := os.Getenv("BLIXARD_GUEST_DIR")
-	if gdir == "" {
-		gdir = filepath.Join(repoDir(t), "build", "guest")
-	}
-	kernel, initrd := filepath.Join(gdir, "vmlinux"), filepath.Join(gdir, "initrd.img")
-	for _, f := range []string{kernel, initrd} {
-		if _, err := os.Stat(f); err != nil {
-			t.Skipf("test guest not built: %v (run scripts/guest.sh, or set BLIXARD_GUEST_DIR)", err)
-		}
-	}
+	kernel, initrd := testGuest(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -45,7 +33,7 @@ func TestBootGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	t.Cleanup(func() { d.Close() }) // after the Destroy cleanup below
 	spec := microvm.Spec{
 		Name: "boot", ID: 1, Vcpus: 1, MemoryMB: 256, Kernel: kernel, Initrd: initrd,
 		KernelParams: []string{
@@ -97,6 +85,26 @@ func TestBootGuest(t *testing.T) {
 	}
 	t.Logf("pid %d: nix build %s, start to READY %s, graceful stop %s",
 		in.PID, built.Round(time.Millisecond), ready.Round(time.Millisecond), time.Since(t2).Round(time.Millisecond))
+}
+
+// testGuest returns the kernel (vmlinux: PVH boot, fast under TCG) and
+// initrd that scripts/guest.sh builds, or skips saying why.
+func testGuest(t *testing.T) (kernel, initrd string) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed (scripts/guest.sh installs it)")
+	}
+	gdir := os.Getenv("BLIXARD_GUEST_DIR")
+	if gdir == "" {
+		gdir = filepath.Join(repoDir(t), "build", "guest")
+	}
+	kernel, initrd = filepath.Join(gdir, "vmlinux"), filepath.Join(gdir, "initrd.img")
+	for _, f := range []string{kernel, initrd} {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("test guest not built: %v (run scripts/guest.sh, or set BLIXARD_GUEST_DIR)", err)
+		}
+	}
+	return kernel, initrd
 }
 
 // waitLog polls name's console until it contains marker and returns it.

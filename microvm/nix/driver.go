@@ -528,7 +528,10 @@ func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance
 		}
 		v.mu.Unlock()
 		p.Signal(syscall.SIGKILL)
-		<-r.exited
+		select {
+		case <-r.exited:
+		case <-d.life.Done():
+		}
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w: %s", spec.Name, err,
 			lastLine(tail(console, logStart, 4096)))
 	}
@@ -632,8 +635,14 @@ func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("stopping vm %s: %w", name, ctx.Err())
+	case <-d.life.Done():
+		// Nobody watches the process any more.
+		return fmt.Errorf("stopping vm %s: %w", name, errClosed)
 	}
 }
+
+// errClosed: the driver was closed; it no longer sees VM exits.
+var errClosed = errors.New("nix driver closed")
 
 // shutdownRepeat is how often Stop runs microvm-shutdown again while the
 // VM lives: a power-button press during boot is lost.
