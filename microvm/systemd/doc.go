@@ -18,16 +18,25 @@
 // itself through its -chardev file), so `blixard vm logs` is unchanged;
 // what the runner prints on stdout and stderr (qemu's own diagnostics, the
 // nix runner's messages) goes to journald under the SyslogIdentifier:
-// `journalctl -t blixard-vm-<name>`.
+// `journalctl -t blixard-vm-<name>`. When a run fails (non-zero exit, a
+// signal) or its unit cannot start, the supervisor appends the last 20
+// journal lines of that run to the driver's log file, so the driver's
+// "why did it fail" message still quotes qemu.
 //
 // Start records the unit name, its InvocationID and MainPID in unit.json
 // in the state dir; Adopt re-attaches only when the unit still runs that
 // exact invocation with that MainPID, so a restarted agent finds the same
 // run and never a later one. Exits are observed by polling the unit's
-// ActiveState; a unit that failed (killed, non-zero exit) keeps its
+// ActiveState and InvocationID (default every 100 ms, two small D-Bus
+// reads); a unit that failed (killed, non-zero exit) keeps its
 // ExecMainCode/ExecMainStatus until the supervisor has read them and reset
-// it; a unit that exited cleanly is garbage-collected by systemd, which
-// the Process reports as an unknown status.
+// it (a run that was adopted is left failed, visible in `systemctl
+// --failed`, until the VM's next Start); a unit that exited cleanly may be
+// garbage-collected by systemd before it is seen, and the Process then
+// reports an unknown status.
+//
+// The units are not children of the agent's own unit: stopping or
+// restarting blixard.service leaves the VMs running for Adopt.
 //
 // Stopping: the driver presses the ACPI power button through QMP and calls
 // Process.Signal(SIGKILL) only after its grace; Signal sends the signal to
