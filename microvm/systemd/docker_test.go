@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,7 +57,11 @@ func TestDockerSystemd(t *testing.T) {
 
 	// A static test binary: the container's libc need not match ours.
 	bin := filepath.Join(t.TempDir(), "systemd.test")
-	cc := exec.Command("go", "test", "-c", "-o", bin, ".")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cc := exec.Command(gobin, "test", "-c", "-o", bin, ".")
 	cc.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cc.CombinedOutput(); err != nil {
 		t.Fatalf("go test -c: %v\n%s", err, out)
