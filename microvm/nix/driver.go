@@ -340,7 +340,11 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 	v.prep.Lock()
 	defer v.prep.Unlock()
 
-	f := newVMFile(spec, v.dir)
+	// The record generation changes with every update of the VM record
+	// (a desired-state change too); it must not cost a rebuild.
+	recorded := spec.Clone()
+	recorded.Generation = 0
+	f := newVMFile(recorded, v.dir)
 	if d.opts.NoNetwork {
 		f.Network = nil
 	}
