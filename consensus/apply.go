@@ -77,8 +77,8 @@ func (s *State) apply(idx uint64, cmd *blixardpb.Command, fx effectFilter) (outc
 
 // applyBytes is ApplyBytes returning the compact outcome.
 func (s *State) applyBytes(idx uint64, data []byte, fx effectFilter) (outcome, []Effect) {
-	cmd := &blixardpb.Command{}
-	if err := proto.Unmarshal(data, cmd); err != nil {
+	cmd, err := decodeCommand(data)
+	if err != nil {
 		s.applied = idx
 		return outcome{err: invalid("undecodable command (%d bytes): %v", len(data), err)}, nil
 	}

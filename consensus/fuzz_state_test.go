@@ -3,6 +3,7 @@ package consensus
 import (
 	"bytes"
 	"fmt"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -78,6 +79,7 @@ func FuzzApply(f *testing.F) {
 	f.Add([]byte{0xff})
 	base := fuzzBase()
 	f.Fuzz(func(t *testing.T, data []byte) {
+		checkFastDecoders(t, data)
 		s := NewState()
 		if err := s.Restore(bytes.NewReader(base)); err != nil {
 			t.Fatal(err)
@@ -120,5 +122,76 @@ func TestFuzzCorpus(t *testing.T) {
 		if err != nil || string(got) != want {
 			t.Errorf("%s is stale or missing (run go test -run TestFuzzCorpus -update): %v", file, err)
 		}
+	}
+}
+
+// checkFastDecoders: whenever a hand-written decoder accepts data,
+// proto.Unmarshal accepts it too and yields the same message.
+func checkFastDecoders(t *testing.T, data []byte) {
+	t.Helper()
+	if got, ok := decodeVMCommand(data); ok {
+		var want blixardpb.Command
+		if err := proto.Unmarshal(data, &want); err != nil {
+			t.Fatalf("fast command decoder accepted %x, proto.Unmarshal: %v", data, err)
+		}
+		if !proto.Equal(got, &want) {
+			t.Fatalf("decoding command %x:\n got %v\nwant %v", data, got, &want)
+		}
+	}
+	if got, ok := decodeVMResult(data); ok {
+		var want blixardpb.Result
+		if err := proto.Unmarshal(data, &want); err != nil {
+			t.Fatalf("fast result decoder accepted %x, proto.Unmarshal: %v", data, err)
+		}
+		if !proto.Equal(got, &want) {
+			t.Fatalf("decoding result %x:\n got %v\nwant %v", data, got, &want)
+		}
+	}
+}
+
+// TestCommandDecoder: the hand-written decoder takes the fast path for the
+// VM commands and agrees with proto.Unmarshal on them, on every other
+// command and on mangled copies.
+func TestCommandDecoder(t *testing.T) {
+	r := rand.New(rand.NewSource(3))
+	s := NewState()
+	cmds := fuzzSeeds()
+	for i := 0; i < 500; i++ {
+		cmds = append(cmds, randomCommand(r, s))
+	}
+	full := realisticSpec("full")
+	full.Flake, full.Kernel, full.Initrd = "github:acme/vms#web", "", ""
+	full.Volumes = append(full.Volumes, &blixardpb.Volume{Name: "ro", Image: "/i", ReadOnly: true})
+	full.Restart = &blixardpb.RestartPolicy{Mode: "never", MaxRestarts: 3, WindowSeconds: 60}
+	full.NodeId = 2
+	cmds = append(cmds, withRID(cmdCreate(full), "req-ü"), cmdCreate(realisticSpec("x")),
+		&blixardpb.Command{TimeUnixMs: -5, Op: &blixardpb.Command_CreateVm{CreateVm: &blixardpb.CreateVm{NoStart: true}}})
+	fast := 0
+	for _, c := range cmds {
+		data, err := proto.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch c.GetOp().(type) {
+		case *blixardpb.Command_CreateVm, *blixardpb.Command_StartVm, *blixardpb.Command_StopVm, *blixardpb.Command_DeleteVm:
+			got, ok := decodeVMCommand(data)
+			if !ok || !proto.Equal(got, c) {
+				t.Fatalf("fast path (%v) decoded %v as %v", ok, c, got)
+			}
+			fast++
+		}
+		checkFastDecoders(t, data)
+		for k := 0; k < 10 && len(data) > 0; k++ {
+			in := bytes.Clone(data)
+			if k%3 == 0 {
+				in = in[:r.Intn(len(in))]
+			} else {
+				in[r.Intn(len(in))] = byte(r.Intn(256))
+			}
+			checkFastDecoders(t, in)
+		}
+	}
+	if fast < 100 {
+		t.Fatalf("only %d commands took the fast path", fast)
 	}
 }
