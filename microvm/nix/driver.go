@@ -516,7 +516,14 @@ func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance
 	console := filepath.Join(v.dir, consoleFile)
 	d.rotate(console)
 	logStart := fileSize(console)
-	p, err := d.sup.Start(ctx, v.dir, runnerArgv(v.name, runner), console)
+	var p qemu.Process
+	argv := runnerArgv(v.name, runner)
+	if rs, ok := d.sup.(qemu.ResourceSupervisor); ok {
+		p, err = rs.StartVM(ctx, v.dir, argv, console,
+			qemu.Resources{Name: spec.Name, Vcpus: spec.Vcpus, MemoryMB: spec.MemoryMB})
+	} else {
+		p, err = d.sup.Start(ctx, v.dir, argv, console)
+	}
 	if err != nil {
 		v.mu.Unlock()
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, err)

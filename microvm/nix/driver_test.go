@@ -311,3 +311,40 @@ func TestStopWithoutShutdownScript(t *testing.T) {
 		t.Errorf("the fake hypervisor did not get SIGTERM; console:\n%s", log)
 	}
 }
+
+// resourceSupervisor is an exec supervisor that records the resources it
+// was given (the systemd supervisor enforces them).
+type resourceSupervisor struct {
+	qemu.Supervisor
+	got chan qemu.Resources
+}
+
+func (s resourceSupervisor) StartVM(ctx context.Context, dir string, argv []string, logPath string, res qemu.Resources) (qemu.Process, error) {
+	s.got <- res
+	return s.Supervisor.Start(ctx, dir, argv, logPath)
+}
+
+func TestStartPassesResources(t *testing.T) {
+	needNix(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sup := resourceSupervisor{Supervisor: fakeSupervisor(t), got: make(chan qemu.Resources, 1)}
+	opts := stubOptions(t, t.TempDir())
+	opts.Supervisor = sup
+	d, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	spec := microvm.Spec{Name: "res", Kernel: "/k", Vcpus: 3, MemoryMB: 320}
+	t.Cleanup(func() { d.Destroy(context.Background(), spec.Name) })
+	if err := d.Prepare(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := <-sup.got, (qemu.Resources{Name: "res", Vcpus: 3, MemoryMB: 320}); got != want {
+		t.Errorf("StartVM resources = %+v, want %+v", got, want)
+	}
+}
