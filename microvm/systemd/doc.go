@@ -2,7 +2,8 @@
 // a transient systemd service, blixard-vm-<name>.service, started over
 // D-Bus (systemd's private socket when it is reachable, else the system
 // bus). It is the supervisor for hosts where systemd is PID 1; SupervisorFor
-// picks it there and qemu.ExecSupervisor elsewhere.
+// picks it there and LimitedExec (qemu.ExecSupervisor with cgroup limits
+// where the host lets us write them) elsewhere.
 //
 // The unit (see Properties for the exact list) runs the argv with the VM
 // state dir as working directory, under resource limits taken from the VM:

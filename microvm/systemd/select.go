@@ -17,16 +17,17 @@ var Modes = []string{"auto", "systemd", "exec"}
 var booted = "/run/systemd/system"
 
 // SupervisorFor returns the supervisor mode names: "systemd" (an error when
-// systemd is not PID 1 or cannot be reached), "exec" (qemu.ExecSupervisor),
-// or "auto": systemd when it is PID 1 and answers over D-Bus, else exec,
-// with the reason logged.
+// systemd is not PID 1 or cannot be reached), "exec" (LimitedExec: a child
+// process with a pidfile, limits in cgroups where the host lets us write
+// them), or "auto": systemd when it is PID 1 and answers over D-Bus, else
+// exec, with the reason logged.
 func SupervisorFor(ctx context.Context, mode string, log *slog.Logger) (qemu.Supervisor, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	switch mode {
 	case "exec":
-		return &qemu.ExecSupervisor{}, nil
+		return &LimitedExec{Logger: log}, nil
 	case "systemd", "auto":
 	default:
 		return nil, fmt.Errorf("unknown supervisor %q: use auto, systemd or exec", mode)
@@ -40,7 +41,7 @@ func SupervisorFor(ctx context.Context, mode string, log *slog.Logger) (qemu.Sup
 		return nil, fmt.Errorf("supervisor systemd: %w", err)
 	}
 	log.Info("supervisor: exec", "reason", err.Error())
-	return &qemu.ExecSupervisor{}, nil
+	return &LimitedExec{Logger: log}, nil
 }
 
 // probe returns a connected systemd Supervisor, or why there is none.

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/blixard/blixard/microvm/qemu"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
@@ -93,7 +91,7 @@ func TestSupervisorForExec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := s.(*qemu.ExecSupervisor); !ok {
+	if _, ok := s.(*LimitedExec); !ok {
 		t.Fatalf("exec mode gave %T", s)
 	}
 	if _, err := SupervisorFor(context.Background(), "bogus", nil); err == nil {
@@ -109,7 +107,7 @@ func TestSupervisorForWithoutSystemd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := s.(*qemu.ExecSupervisor); !ok {
+	if _, ok := s.(*LimitedExec); !ok {
 		t.Fatalf("auto without systemd gave %T, want exec", s)
 	}
 	if _, err := SupervisorFor(context.Background(), "systemd", nil); err == nil || !strings.Contains(err.Error(), "not PID 1") {
