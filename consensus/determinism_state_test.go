@@ -429,6 +429,10 @@ func TestVMEncoderMatchesProto(t *testing.T) {
 			restarts uint32
 		}{{v.ip, 3}, {0, 0}} {
 			v.ip, v.restarts = st.ip, st.restarts
+			rec := v.record()
+			if rec.Tap != tapName(v.id) || (v.ip != 0 && (rec.Ip != ipString(v.ip) || rec.Mac != macFromIP(v.ip))) || (v.ip == 0 && rec.Ip+rec.Mac != "") {
+				t.Fatalf("record tap/ip/mac = %q/%q/%q", rec.Tap, rec.Ip, rec.Mac)
+			}
 			want, err := proto.MarshalOptions{Deterministic: true}.Marshal(v.record())
 			if err != nil {
 				t.Fatal(err)

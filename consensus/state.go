@@ -327,11 +327,16 @@ func (n *node) record() *blixardpb.NodeRecord {
 	}
 }
 
-// record converts v to its proto form (a fresh copy).
+// record converts v to its proto form (a fresh copy). The record, its
+// spec and restart policy share one allocation, and so do the derived
+// strings (TAP name, address, MAC): records are built for every effect
+// and result.
 func (v *vm) record() *blixardpb.VmRecord {
-	r := &blixardpb.VmRecord{
+	blk := &recordBlock{}
+	r, sp := &blk.rec, &blk.spec
+	*r = blixardpb.VmRecord{
 		Id:            v.id,
-		Spec:          v.specRecord(),
+		Spec:          sp,
 		Desired:       v.desired,
 		NodeId:        v.node,
 		Generation:    v.gen,
@@ -340,47 +345,57 @@ func (v *vm) record() *blixardpb.VmRecord {
 		Message:       v.message,
 		CreatedUnixMs: v.createdMS,
 		UpdatedUnixMs: v.updatedMS,
-		Tap:           tapName(v.id),
 	}
+	v.fillSpec(sp, &blk.restart)
+	var buf [64]byte
+	b := strconv.AppendUint(append(buf[:0], "vm-"...), v.id, 36)
+	tap := len(b)
 	if v.ip != 0 {
-		r.Ip = ipString(v.ip)
-		r.Mac = macFromIP(v.ip)
+		b = netip.AddrFrom4([4]byte{byte(v.ip >> 24), byte(v.ip >> 16), byte(v.ip >> 8), byte(v.ip)}).AppendTo(b)
 	}
+	ip := len(b)
+	if v.ip != 0 {
+		b = appendMAC(b, v.ip)
+	}
+	str := string(b)
+	r.Tap, r.Ip, r.Mac = str[:tap], str[tap:ip], str[ip:]
 	return r
 }
 
-func (v *vm) specRecord() *blixardpb.VmSpec {
+// recordBlock allocates a VM record with its spec and restart policy.
+type recordBlock struct {
+	rec     blixardpb.VmRecord
+	spec    blixardpb.VmSpec
+	restart blixardpb.RestartPolicy
+}
+
+// fillSpec fills r (a zero VmSpec) and rp with v's spec.
+func (v *vm) fillSpec(r *blixardpb.VmSpec, rp *blixardpb.RestartPolicy) {
 	sp := &v.spec
-	r := &blixardpb.VmSpec{
-		Name:       v.name,
-		Tenant:     v.tenant,
-		Hypervisor: hypervisors[sp.hypervisor],
-		Vcpus:      sp.vcpus,
-		MemoryMb:   sp.memoryMB,
-		Kernel:     sp.kernel,
-		Initrd:     sp.initrd,
-		Flake:      sp.flake,
-		Restart: &blixardpb.RestartPolicy{
-			Mode:          restartModes[sp.restartMode],
-			MaxRestarts:   sp.maxRestarts,
-			WindowSeconds: sp.windowSeconds,
-		},
-		NodeId: sp.pin,
-		Labels: labelMap(sp.labels),
-	}
+	rp.Mode, rp.MaxRestarts, rp.WindowSeconds = restartModes[sp.restartMode], sp.maxRestarts, sp.windowSeconds
+	r.Name = v.name
+	r.Tenant = v.tenant
+	r.Hypervisor = hypervisors[sp.hypervisor]
+	r.Vcpus = sp.vcpus
+	r.MemoryMb = sp.memoryMB
+	r.Kernel = sp.kernel
+	r.Initrd = sp.initrd
+	r.Flake = sp.flake
+	r.Restart = rp
+	r.NodeId = sp.pin
+	r.Labels = labelMap(sp.labels)
 	if len(sp.kernelParams) > 0 {
 		r.KernelParams = slices.Clone(sp.kernelParams)
 	}
-	for _, vol := range sp.volumes {
-		r.Volumes = append(r.Volumes, &blixardpb.Volume{
-			Name:       vol.name,
-			Image:      vol.image,
-			SizeMb:     vol.sizeMB,
-			MountPoint: vol.mountPoint,
-			ReadOnly:   vol.readOnly,
-		})
+	if n := len(sp.volumes); n > 0 {
+		vols := make([]blixardpb.Volume, n)
+		r.Volumes = make([]*blixardpb.Volume, n)
+		for i, vol := range sp.volumes {
+			pv := &vols[i]
+			pv.Name, pv.Image, pv.SizeMb, pv.MountPoint, pv.ReadOnly = vol.name, vol.image, vol.sizeMB, vol.mountPoint, vol.readOnly
+			r.Volumes[i] = pv
+		}
 	}
-	return r
 }
 
 func labelMap(ls []label) map[string]string {
