@@ -75,6 +75,9 @@ type APIConfig struct {
 	// MaxInFlight caps the requests being served at once (default 1024);
 	// beyond it requests are answered UNAVAILABLE at once.
 	MaxInFlight int
+	// GossipStatus, optional, returns the gossip view by node id for
+	// NodeInfo.gossip_status.
+	GossipStatus func() map[uint64]string
 }
 
 func (c APIConfig) withDefaults() APIConfig {
@@ -477,9 +480,14 @@ func (a *apiActor) clusterStatus(ctx context.Context, stale bool) *blixardpb.Clu
 	} else if !stale {
 		return &blixardpb.ClusterStatusResponse{Error: a.unavailableErr(ctx, err)}
 	}
+	var gossip map[uint64]string
+	if a.cfg.GossipStatus != nil {
+		gossip = a.cfg.GossipStatus()
+	}
 	for _, n := range out.Nodes {
 		_, n.Voter = voters[n.GetNode().GetId()]
 		n.Leader = out.LeaderId != 0 && n.GetNode().GetId() == out.LeaderId
+		n.GossipStatus = gossip[n.GetNode().GetId()]
 	}
 	return out
 }

@@ -234,6 +234,9 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 
 	acfg := cfg.API
 	acfg.NodeID, acfg.Replica, acfg.Raft, acfg.Logs, acfg.Logger = cfg.NodeID, rep, rep, cfg.Driver, log
+	if acfg.GossipStatus == nil && cfg.Gossip != nil {
+		acfg.GossipStatus = n.GossipStatus
+	}
 	api, err := system.Root.SpawnNamed(NewAPI(acfg), APIActorName)
 	if err != nil {
 		n.abort()

@@ -88,8 +88,10 @@ func TestHelpExits0(t *testing.T) {
 			t.Errorf("run --help lacks %s", flag)
 		}
 	}
-	if !strings.Contains(out, "unused until gossip membership lands") {
-		t.Error("run --help does not say that --gossip-addr is unused for now")
+	for _, flag := range []string{"--gossip-key-file", "--fence-timeout", "--down-grace", "--no-network"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("run --help lacks %s", flag)
+		}
 	}
 }
 

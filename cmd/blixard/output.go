@@ -83,7 +83,10 @@ type nodeJSON struct {
 	Leader       bool   `json:"leader"`
 	Schedulable  bool   `json:"schedulable"`
 	GossipAddr   string `json:"gossip_addr"`
-	Version      string `json:"version"`
+	// Gossip is the answering node's gossip view of this node ("alive",
+	// "suspect", "dead", "left"); empty when it runs without gossip.
+	Gossip  string `json:"gossip"`
+	Version string `json:"version"`
 }
 
 type clusterJSON struct {
@@ -118,6 +121,7 @@ func toNodeJSON(n *blixardpb.NodeInfo) nodeJSON {
 		Leader:       n.GetLeader(),
 		Schedulable:  r.GetSchedulable(),
 		GossipAddr:   r.GetGossipAddr(),
+		Gossip:       n.GetGossipStatus(),
 		Version:      r.GetVersion(),
 	}
 }
@@ -195,11 +199,11 @@ func writeVMDetail(w io.Writer, r *blixardpb.VmRecord) error {
 
 func writeNodeTable(w io.Writer, nodes []*blixardpb.NodeInfo) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATUS\tSCHEDULABLE\tVOTER\tLEADER\tVCPUS\tMEMORY\tVMS\tAPI\tRAFT")
+	fmt.Fprintln(tw, "ID\tSTATUS\tGOSSIP\tSCHEDULABLE\tVOTER\tLEADER\tVCPUS\tMEMORY\tVMS\tAPI\tRAFT")
 	for _, ni := range nodes {
 		n := toNodeJSON(ni)
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d/%d\t%d/%dM\t%d\t%s\t%s\n",
-			n.ID, n.Status, yesNo(n.Schedulable), yesNo(n.Voter), yesNo(n.Leader),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d/%dM\t%d\t%s\t%s\n",
+			n.ID, n.Status, dash(n.Gossip), yesNo(n.Schedulable), yesNo(n.Voter), yesNo(n.Leader),
 			n.VcpusUsed, n.Vcpus, n.MemoryUsedMB, n.MemoryMB, n.VMs, dash(n.APIAddr), dash(n.RaftAddr))
 	}
 	return tw.Flush()

@@ -23,7 +23,7 @@ func (a *app) vmCmd() *cobra.Command {
 		RunE:  groupRunE,
 	}
 	vm.AddCommand(a.vmCreateCmd(), a.vmLifecycleCmd("start"), a.vmLifecycleCmd("stop"), a.vmLifecycleCmd("delete"),
-		a.vmListCmd(), a.vmStatusCmd(), a.vmLogsCmd())
+		a.vmListCmd(), a.vmStatusCmd(), a.vmLogsCmd(), a.vmMigrateCmd())
 	return vm
 }
 
