@@ -244,6 +244,11 @@ func TestInContainerUnit(t *testing.T) {
 		return bytes.Contains(out, []byte("blixard-hello from t1 in "+dir))
 	})
 
+	firstRecord, err := os.ReadFile(filepath.Join(dir, recordFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	// An outside kill -9 is observed by both, with its signal.
 	if err := syscall.Kill(p.PID(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -274,6 +279,17 @@ func TestInContainerUnit(t *testing.T) {
 	}
 	if got := show(t, unit, "CPUQuotaPerSecUSec")["CPUQuotaPerSecUSec"]; got != "1s" {
 		t.Errorf("restarted run: CPUQuotaPerSecUSec = %q, want 1s", got)
+	}
+	// The first run's record does not adopt the second run of the unit.
+	stale := t.TempDir()
+	if err := os.WriteFile(filepath.Join(stale, recordFile), firstRecord, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := s2.Adopt(ctx, stale); ok || err != nil {
+		t.Errorf("the first run's record adopted the second run: ok=%v err=%v", ok, err)
+	}
+	if p4, ok, err := s2.Adopt(ctx, dir); !ok || err != nil || p4.PID() != p3.PID() {
+		t.Errorf("adopting the second run: ok=%v err=%v", ok, err)
 	}
 	if err := p3.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
