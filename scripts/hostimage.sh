@@ -4,7 +4,10 @@
 # No registry is needed: the root filesystem is made with debootstrap from Debian's mirror and
 # loaded with `docker import`. The image is tagged blixard-host:<hash>, where <hash> is the
 # content hash of this script (so editing the package list below makes a new image); a rerun
-# with that image present only prints its name and takes well under a second.
+# with that image present only prints its name and takes well under a second. The debootstrap
+# root itself is cached as a tarball in build/hostimage/ (HOSTIMAGE_CACHE), keyed by suite,
+# mirror and package list, so changing only the steps after debootstrap re-imports in seconds.
+# Measured here: debootstrap 4.5–6 min, docker import 3 s, image 107 MB, cached base 244 MB.
 #
 # Usage: scripts/hostimage.sh          prints the image reference (blixard-host:<hash>) on stdout
 # Env:   MIRROR   Debian mirror (default http://deb.debian.org/debian)
