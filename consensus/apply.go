@@ -121,7 +121,12 @@ func (o outcome) result() *blixardpb.Result {
 	case o.res != nil:
 		return proto.Clone(o.res).(*blixardpb.Result)
 	}
-	r := &blixardpb.Result{Error: &blixardpb.Error{Code: blixardpb.Code_OK}}
+	blk := &struct {
+		res blixardpb.Result
+		err blixardpb.Error
+	}{}
+	r := &blk.res
+	r.Error = &blk.err // code OK
 	if o.vm != nil {
 		r.Vm = o.vm.record()
 	}

@@ -26,6 +26,7 @@ type requestEntry struct {
 	vm     *vm
 	node   *node
 	result *blixardpb.Result // restored from a snapshot; nil otherwise
+	vmCopy vm                // what vm points to: one allocation for both
 }
 
 // newRequestEntry remembers the successful outcome out of the command with
@@ -33,8 +34,8 @@ type requestEntry struct {
 func newRequestEntry(id string, idx uint64, out outcome) *requestEntry {
 	e := &requestEntry{id: id, index: idx, result: out.res}
 	if out.vm != nil {
-		cp := *out.vm
-		e.vm = &cp
+		e.vmCopy = *out.vm
+		e.vm = &e.vmCopy
 	}
 	if out.node != nil {
 		cp := *out.node
