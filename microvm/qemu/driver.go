@@ -533,9 +533,17 @@ func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why
 	select {
 	case <-exited:
 		return nil
+	case <-d.life.Done():
+		// Closed: the watcher is gone and will never close exited, so
+		// wait for the process itself.
+		select {
+		case <-p.Done():
+			return nil
+		case <-ctx.Done():
+		}
 	case <-ctx.Done():
-		return fmt.Errorf("stopping vm %s: %w", name, ctx.Err())
 	}
+	return fmt.Errorf("stopping vm %s: %w", name, ctx.Err())
 }
 
 // powerdownRepeat is how often Stop presses the power button again: a

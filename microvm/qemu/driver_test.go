@@ -420,3 +420,24 @@ func waitConsole(t *testing.T, d *Driver, name, want string, timeout time.Durati
 }
 
 func lastLines(b []byte, n int) string { return string(lastNLines(b, n)) }
+
+// After Close the exit watchers are gone; a forced Stop must still return
+// once the process is dead instead of waiting for a watcher forever.
+func TestStopAfterClose(t *testing.T) {
+	d := fakeDriver(t, t.TempDir(), "BLIXARD_FAKE_QEMU_IGNORE_POWERDOWN=all")
+	ctx := testCtx(t, 30*time.Second)
+	spec := fakeSpec("closed")
+	spec.Volumes = nil
+	if err := d.Prepare(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Stop(ctx, spec.Name, 100*time.Millisecond); err != nil {
+		t.Fatalf("Stop after Close: %v", err)
+	}
+}
