@@ -101,6 +101,7 @@ fake driver.`,
 	fl.StringVar(&f.driver, "driver", "qemu", "VM driver: fake|qemu|nix")
 	fl.StringVar(&f.accel, "accel", "auto", "qemu acceleration: auto|kvm|tcg")
 	nixDriverFlags(cmd)
+	supervisorFlag(cmd)
 	fl.BoolVar(&f.noNetwork, "no-network", false, "qemu and nix drivers: boot VMs without a network device (the default gives each VM a TAP, host route and iptables rules, which needs root)")
 	fl.Uint32Var(&f.vcpus, "vcpus", 0, "vCPUs this node offers to VMs (default: the host's CPUs)")
 	fl.Uint64Var(&f.memoryMB, "memory-mb", 0, "memory in MiB this node offers to VMs (default: the host's memory)")
@@ -155,6 +156,9 @@ func (f *runFlags) check(cmd *cobra.Command) (nodeSetup, error) {
 		return s, err
 	}
 	if err := oneOf("accel", f.accel, []string{"auto", "kvm", "tcg"}); err != nil {
+		return s, err
+	}
+	if err := oneOf("supervisor", supervisorMode, []string{"auto", "systemd", "exec"}); err != nil {
 		return s, err
 	}
 	if err := oneOf("log-format", f.logFormat, []string{"auto", "text", "json"}); err != nil {
