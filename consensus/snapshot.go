@@ -388,6 +388,7 @@ type vmEncoder struct {
 // appendResult appends the encoding of Result{Error: {OK}, Vm: v.record()}.
 func (en *vmEncoder) appendResult(b []byte, v *vm) []byte {
 	rec := en.record(v)
+	b = slices.Grow(b, 2+1+protowire.SizeBytes(len(rec)))
 	b = protowire.AppendTag(b, 1, protowire.BytesType) // error: OK, an empty message
 	b = protowire.AppendVarint(b, 0)
 	return appendBytesField(b, 2, rec)
