@@ -492,30 +492,11 @@ func (a *apiActor) clusterStatus(ctx context.Context, stale bool) *blixardpb.Clu
 	return out
 }
 
-// DNS label rule of VM and tenant names (DESIGN.md §7); the state machine
-// enforces it too, with the same message.
-const apiDNSLabelRule = "must be a DNS label (lowercase letters, digits and '-', 1-63 chars, starting and ending with a letter or digit)"
-
-func apiIsDNSLabel(s string) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' && i != 0 && i != len(s)-1:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// checkVMName rejects a malformed name before it costs a log entry.
+// apiCheckVMName rejects a malformed name before it costs a log entry,
+// with the state machine's own message.
 func apiCheckVMName(name string) *apiError {
-	if !apiIsDNSLabel(name) {
-		return apiInvalid("invalid vm name %q: %s", name, apiDNSLabelRule)
+	if err := consensus.CheckVMName(name); err != nil {
+		return apiInvalid("%s", err)
 	}
 	return nil
 }
@@ -529,8 +510,8 @@ func apiCheckCreate(m *blixardpb.CreateVmRequest) *apiError {
 	if e := apiCheckVMName(m.GetSpec().GetName()); e != nil {
 		return e
 	}
-	if t := m.GetSpec().GetTenant(); t != "" && !apiIsDNSLabel(t) {
-		return apiInvalid("invalid tenant %q: %s", t, apiDNSLabelRule)
+	if err := consensus.CheckTenant(m.GetSpec().GetTenant()); err != nil {
+		return apiInvalid("%s", err)
 	}
 	return nil
 }

@@ -65,7 +65,7 @@ func (a membershipAction) String() string {
 	case actAddNonVoting:
 		return fmt.Sprintf("add non-voting %d at %s", a.NodeID, a.Addr)
 	case actSetStatus:
-		return fmt.Sprintf("set node %d %s", a.NodeID, nodeStatusWord(a.Status))
+		return fmt.Sprintf("set node %d %s", a.NodeID, consensus.NodeStatusName(a.Status))
 	case actReply:
 		if a.Reply.Error != "" {
 			return fmt.Sprintf("refuse node %d: %s", a.NodeID, a.Reply.Error)
@@ -73,22 +73,6 @@ func (a membershipAction) String() string {
 		return fmt.Sprintf("tell node %d it is a %s", a.NodeID, a.Reply.Role)
 	}
 	return "unknown action"
-}
-
-func nodeStatusWord(s blixardpb.NodeStatus) string {
-	switch s {
-	case blixardpb.NodeStatus_NODE_STATUS_ALIVE:
-		return "alive"
-	case blixardpb.NodeStatus_NODE_STATUS_SUSPECT:
-		return "suspect"
-	case blixardpb.NodeStatus_NODE_STATUS_DOWN:
-		return "down"
-	case blixardpb.NodeStatus_NODE_STATUS_DRAINING:
-		return "draining"
-	case blixardpb.NodeStatus_NODE_STATUS_LEFT:
-		return "left"
-	}
-	return "unspecified"
 }
 
 // planMembership is the leader's decision, a pure function of the view:
