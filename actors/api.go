@@ -78,11 +78,19 @@ type APIConfig struct {
 	// GossipStatus, optional, returns the gossip view by node id for
 	// NodeInfo.gossip_status.
 	GossipStatus func() map[uint64]string
+	// Leave, optional, makes this node leave the cluster for good
+	// (LeaveClusterRequest); nil refuses such requests.
+	Leave func(context.Context) error
+	// LeaveTimeout bounds a leave, VM stops included (default 2 min).
+	LeaveTimeout time.Duration
 }
 
 func (c APIConfig) withDefaults() APIConfig {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.LeaveTimeout <= 0 {
+		c.LeaveTimeout = 2 * time.Minute
 	}
 	if c.ProposeTimeout <= 0 {
 		c.ProposeTimeout = DefaultProposeTimeout
@@ -249,6 +257,8 @@ func (a *apiActor) serve(ctx context.Context, system *actor.ActorSystem, msg pro
 	case *blixardpb.ListNodesRequest:
 		st := a.clusterStatus(ctx, m.GetStale())
 		return &blixardpb.ListNodesResponse{Error: st.GetError(), Nodes: st.GetNodes()}
+	case *blixardpb.LeaveClusterRequest:
+		return a.leave(ctx, system, m)
 	default:
 		a.cfg.Logger.Debug("api: unknown message", "type", fmt.Sprintf("%T", msg))
 		return nil
@@ -270,7 +280,7 @@ func apiErrorResponse(req proto.Message, e *apiError) proto.Message {
 		return &blixardpb.ClusterStatusResponse{Error: e}
 	case *blixardpb.ListNodesRequest:
 		return &blixardpb.ListNodesResponse{Error: e}
-	case *blixardpb.SetNodeSchedulableRequest:
+	case *blixardpb.SetNodeSchedulableRequest, *blixardpb.LeaveClusterRequest:
 		return &blixardpb.NodeResponse{Error: e}
 	}
 	return nil
@@ -413,6 +423,50 @@ func (a *apiActor) logs(ctx context.Context, system *actor.ActorSystem, m *blixa
 	out, ok := res.(*blixardpb.VmLogsResponse)
 	if !ok {
 		return &blixardpb.VmLogsResponse{Error: &apiError{Code: blixardpb.Code_DEADLINE_EXCEEDED, Message: fmt.Sprintf("node %d (%s), where vm %q runs, did not answer (got %T)", rec.GetNodeId(), node.GetApiAddr(), m.GetName(), res)}}
+	}
+	return out
+}
+
+// leave serves a LeaveClusterRequest: this node leaves when it is the one
+// named, otherwise the request goes to the named node's api (once).
+func (a *apiActor) leave(ctx context.Context, system *actor.ActorSystem, m *blixardpb.LeaveClusterRequest) *blixardpb.NodeResponse {
+	id := m.GetNodeId()
+	if id == 0 {
+		return &blixardpb.NodeResponse{Error: apiInvalid("node id is required")}
+	}
+	var node *blixardpb.NodeRecord
+	var found bool
+	if e := a.read(ctx, false, func(s *consensus.State) { node, found = s.Node(id) }); e != nil {
+		return &blixardpb.NodeResponse{Error: e}
+	}
+	if !found {
+		return &blixardpb.NodeResponse{Error: &apiError{Code: blixardpb.Code_NOT_FOUND, Message: fmt.Sprintf("node %d not found", id)}}
+	}
+	if id == a.cfg.NodeID {
+		if a.cfg.Leave == nil {
+			return &blixardpb.NodeResponse{Error: &apiError{Code: blixardpb.Code_FAILED_PRECONDITION, Message: fmt.Sprintf("node %d runs without gossip membership and cannot leave by request", id)}}
+		}
+		lctx, cancel := context.WithTimeout(ctx, a.cfg.LeaveTimeout)
+		defer cancel()
+		if err := a.cfg.Leave(lctx); err != nil {
+			return &blixardpb.NodeResponse{Error: &apiError{Code: blixardpb.Code_FAILED_PRECONDITION, Message: err.Error()}, Node: node}
+		}
+		return &blixardpb.NodeResponse{Node: node}
+	}
+	if m.GetForwarded() {
+		return &blixardpb.NodeResponse{Error: &apiError{Code: blixardpb.Code_FAILED_PRECONDITION, Message: fmt.Sprintf("this is node %d, not node %d", a.cfg.NodeID, id)}}
+	}
+	if node.GetApiAddr() == "" {
+		return &blixardpb.NodeResponse{Error: &apiError{Code: blixardpb.Code_FAILED_PRECONDITION, Message: fmt.Sprintf("node %d has no known api address", id)}}
+	}
+	fwd := &blixardpb.LeaveClusterRequest{NodeId: id, Forwarded: true}
+	res, err := system.Root.RequestFuture(actor.NewPID(node.GetApiAddr(), APIActorName), fwd, a.cfg.LeaveTimeout).Result()
+	if err != nil {
+		return &blixardpb.NodeResponse{Error: &apiError{Code: blixardpb.Code_DEADLINE_EXCEEDED, Message: fmt.Sprintf("node %d (%s) did not answer the leave request: %v", id, node.GetApiAddr(), err)}}
+	}
+	out, ok := res.(*blixardpb.NodeResponse)
+	if !ok {
+		return &blixardpb.NodeResponse{Error: &apiError{Code: blixardpb.Code_DEADLINE_EXCEEDED, Message: fmt.Sprintf("node %d (%s) did not answer the leave request (got %T)", id, node.GetApiAddr(), res)}}
 	}
 	return out
 }

@@ -126,7 +126,10 @@ type Node struct {
 	vmsCfg VMSupervisorConfig
 	fenced atomic.Bool
 
-	ready     chan struct{}
+	ready chan struct{}
+	// left is closed once the node has left the cluster on request.
+	left      chan struct{}
+	leftOnce  sync.Once
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -201,6 +204,7 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		system: system,
 		remote: r,
 		ready:  make(chan struct{}),
+		left:   make(chan struct{}),
 		ctx:    ctx,
 		cancel: cancel,
 	}
@@ -236,6 +240,15 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	acfg.NodeID, acfg.Replica, acfg.Raft, acfg.Logs, acfg.Logger = cfg.NodeID, rep, rep, cfg.Driver, log
 	if acfg.GossipStatus == nil && cfg.Gossip != nil {
 		acfg.GossipStatus = n.GossipStatus
+	}
+	if acfg.Leave == nil && cfg.Gossip != nil {
+		acfg.Leave = func(ctx context.Context) error {
+			if err := n.Leave(ctx); err != nil {
+				return err
+			}
+			n.leftOnce.Do(func() { close(n.left) })
+			return nil
+		}
 	}
 	api, err := system.Root.SpawnNamed(NewAPI(acfg), APIActorName)
 	if err != nil {
@@ -418,6 +431,10 @@ func (n *Node) upsertSelf(ctx context.Context) error {
 // Ready is closed once the node is registered in the cluster state and
 // has asked `vms` to reconcile.
 func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Left is closed once the node has left the cluster because a client asked
+// it to (LeaveClusterRequest); its owner should then Close it and exit.
+func (n *Node) Left() <-chan struct{} { return n.left }
 
 // Addr is the api address the node advertises.
 func (n *Node) Addr() string { return n.cfg.AdvertiseAddr }

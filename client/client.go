@@ -471,3 +471,12 @@ func (c *Client) SetNodeSchedulable(ctx context.Context, id uint64, schedulable 
 	r, err := do[*blixardpb.NodeResponse](ctx, c, &blixardpb.SetNodeSchedulableRequest{RequestId: NewRequestID(), NodeId: id, Schedulable: schedulable}, 0)
 	return r.GetNode(), err
 }
+
+// LeaveCluster asks node id to leave the cluster for good (any node takes
+// the request and forwards it): the node stops its VMs, which the cluster
+// re-places, removes its record and Raft replica, and exits. A retry after
+// a lost reply finds the node gone and fails with ErrNotFound.
+func (c *Client) LeaveCluster(ctx context.Context, id uint64) (*blixardpb.NodeRecord, error) {
+	r, err := do[*blixardpb.NodeResponse](ctx, c, &blixardpb.LeaveClusterRequest{NodeId: id}, 2*time.Minute)
+	return r.GetNode(), err
+}

@@ -661,7 +661,13 @@ func (r *Replica) RemoveReplica(ctx context.Context, id uint64) error {
 		return !voter && !nonVoting && !witness, nil
 	}, func(ctx context.Context, ccid uint64) error {
 		return r.withNH(func(nh *dragonboat.NodeHost) error {
-			return nh.SyncRequestDeleteReplica(ctx, r.cfg.ShardID, id, ccid)
+			err := nh.SyncRequestDeleteReplica(ctx, r.cfg.ShardID, id, ccid)
+			if id == r.cfg.ReplicaID && errors.Is(err, dragonboat.ErrShardClosed) {
+				// Applying our own removal closes our shard before the
+				// request can be answered: that closure is the success.
+				return nil
+			}
+			return err
 		})
 	})
 }

@@ -38,6 +38,29 @@ func (a *app) clusterCmd() *cobra.Command {
 			})
 		}),
 	})
+	c.AddCommand(&cobra.Command{
+		Use:   "leave ID",
+		Short: "Make node ID leave the cluster for good",
+		Long: `Make node ID leave the cluster for good: it stops its VMs (the cluster
+re-places them on other nodes), removes its node record and its Raft
+replica, leaves gossip and exits. Any node takes the request. The node id
+can never rejoin; start the host again with a new --node-id. Refused for
+the only voter and for nodes that run without gossip membership.`,
+		Args: exactArgs("ID"),
+		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
+			id, err := parseNodeID(args[0])
+			if err != nil {
+				return err
+			}
+			return a.withClient(cmd.Context(), 3*time.Minute, func(ctx context.Context, c *client.Client) error {
+				if _, err := c.LeaveCluster(ctx, id); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "node %d left the cluster\n", id)
+				return nil
+			})
+		}),
+	})
 	return c
 }
 
@@ -83,9 +106,9 @@ func (a *app) nodeSchedulableCmd(verb string, schedulable bool, short, long stri
 		Long:  long,
 		Args:  exactArgs("ID"),
 		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
-			id, err := strconv.ParseUint(args[0], 10, 64)
-			if err != nil || id == 0 {
-				return usagef("invalid node id %q: want a positive integer", args[0])
+			id, err := parseNodeID(args[0])
+			if err != nil {
+				return err
 			}
 			return a.withClient(cmd.Context(), requestTimeout, func(ctx context.Context, c *client.Client) error {
 				rec, err := c.SetNodeSchedulable(ctx, id, schedulable)
@@ -128,9 +151,9 @@ node schedulable again.`,
   blixard node drain 3 --max-parallel 2 --deadline 30m`,
 		Args: exactArgs("ID"),
 		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
-			id, err := strconv.ParseUint(args[0], 10, 64)
-			if err != nil || id == 0 {
-				return usagef("invalid node id %q: want a positive integer", args[0])
+			id, err := parseNodeID(args[0])
+			if err != nil {
+				return err
 			}
 			if maxParallel < 1 {
 				return usagef("invalid --max-parallel %d: want at least 1", maxParallel)
@@ -279,4 +302,13 @@ are recreated empty on the new node).`,
 	cmd.Flags().DurationVar(&deadline, "deadline", 2*time.Minute, "how long to wait for the VM to run on its new node")
 	cmd.Flags().BoolVar(&force, "force", false, "move a VM with volumes (recreated empty)")
 	return cmd
+}
+
+// parseNodeID reads a node id argument: a positive integer.
+func parseNodeID(arg string) (uint64, error) {
+	id, err := strconv.ParseUint(arg, 10, 64)
+	if err != nil || id == 0 {
+		return 0, usagef("invalid node id %q: want a positive integer", arg)
+	}
+	return id, nil
 }

@@ -619,8 +619,9 @@ func TestBootstrapExpect(t *testing.T) {
 	}
 }
 
-// TestLeaderLeaves: the Raft leader run with --leave-on-exit leaves on
-// SIGTERM; the other two elect a leader and keep accepting writes.
+// TestLeaderLeaves: `blixard cluster leave ID`, sent to a follower (which
+// forwards it), makes the Raft leader leave and exit; the other two elect
+// a leader and keep accepting writes. Bad ids are refused first.
 func TestLeaderLeaves(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test: builds the binary and runs three nodes")
@@ -635,11 +636,21 @@ func TestLeaderLeaves(t *testing.T) {
 	st := c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true})
 	c.mustCLI("--addr", n1.api, "vm", "create", "web", "--wait")
 	leader := c.nodes[st.LeaderID-1]
-	leader.cmd.Process.Signal(syscall.SIGTERM)
+	follower := c.nodes[st.LeaderID%3]
+	if _, errOut, code := c.cli("--addr", follower.api, "cluster", "leave", "99"); code != 1 || !strings.Contains(errOut, "node 99 not found") {
+		t.Fatalf("cluster leave 99: exit %d, stderr %q; want 1 and not found", code, errOut)
+	}
+	if _, errOut, code := c.cli("--addr", follower.api, "cluster", "leave", "x"); code != 2 {
+		t.Fatalf("cluster leave x: exit %d, stderr %q; want a usage error", code, errOut)
+	}
+	out := c.mustCLI("--addr", follower.api, "cluster", "leave", fmt.Sprint(st.LeaderID))
+	if !strings.Contains(out, fmt.Sprintf("node %d left the cluster", st.LeaderID)) {
+		t.Fatalf("cluster leave printed %q", out)
+	}
 	select {
 	case <-leader.done:
 	case <-time.After(time.Minute):
-		t.Fatal("the leader did not exit within a minute of SIGTERM")
+		t.Fatal("the leader did not exit within a minute of leaving")
 	}
 	if code := leader.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("leaving leader exited %d", code)

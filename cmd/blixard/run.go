@@ -368,6 +368,7 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 		}
 		return err
 	}
+	left := false
 	select {
 	case <-node.Ready():
 		log.Info("node ready", "api_addr", node.Addr())
@@ -375,13 +376,24 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 		if f.dev {
 			fmt.Fprintf(a.stdout, "blixard dev node ready: api %s (try: blixard vm create web --wait)\n", node.Addr())
 		}
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-node.Left():
+			left = true
+			log.Warn("left the cluster on request (blixard cluster leave); shutting down")
+			// The reply to the leave request is on its way out through
+			// the remote that Close stops: give it a moment.
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+		}
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
 	closeCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if f.gossip.leaveOnExit {
+	if f.gossip.leaveOnExit && !left {
 		if err := node.Leave(closeCtx); err != nil {
 			log.Error("leaving the cluster failed; shutting down as a member", "err", err)
 		}

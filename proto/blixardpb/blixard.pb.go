@@ -3109,6 +3109,62 @@ func (x *NodeResponse) GetNode() *NodeRecord {
 	return nil
 }
 
+// LeaveClusterRequest asks node node_id to leave the cluster for good: it
+// stops its VMs (the cluster re-places them), removes its node record and
+// Raft replica, leaves gossip and exits. Any node accepts it and forwards
+// it to node_id's api address; forwarded marks the forwarded copy.
+type LeaveClusterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Forwarded     bool                   `protobuf:"varint,2,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveClusterRequest) Reset() {
+	*x = LeaveClusterRequest{}
+	mi := &file_blixard_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveClusterRequest) ProtoMessage() {}
+
+func (x *LeaveClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blixard_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveClusterRequest.ProtoReflect.Descriptor instead.
+func (*LeaveClusterRequest) Descriptor() ([]byte, []int) {
+	return file_blixard_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *LeaveClusterRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *LeaveClusterRequest) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
 var File_blixard_proto protoreflect.FileDescriptor
 
 const file_blixard_proto_rawDesc = "" +
@@ -3352,7 +3408,10 @@ const file_blixard_proto_rawDesc = "" +
 	"\vschedulable\x18\x03 \x01(\bR\vschedulable\"c\n" +
 	"\fNodeResponse\x12'\n" +
 	"\x05error\x18\x01 \x01(\v2\x11.blixard.v1.ErrorR\x05error\x12*\n" +
-	"\x04node\x18\x02 \x01(\v2\x16.blixard.v1.NodeRecordR\x04node*\xae\x01\n" +
+	"\x04node\x18\x02 \x01(\v2\x16.blixard.v1.NodeRecordR\x04node\"L\n" +
+	"\x13LeaveClusterRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1c\n" +
+	"\tforwarded\x18\x02 \x01(\bR\tforwarded*\xae\x01\n" +
 	"\x04Code\x12\x06\n" +
 	"\x02OK\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\x12\n" +
@@ -3398,7 +3457,7 @@ func file_blixard_proto_rawDescGZIP() []byte {
 }
 
 var file_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_blixard_proto_goTypes = []any{
 	(Code)(0),                         // 0: blixard.v1.Code
 	(DesiredState)(0),                 // 1: blixard.v1.DesiredState
@@ -3445,18 +3504,19 @@ var file_blixard_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),         // 42: blixard.v1.ListNodesResponse
 	(*SetNodeSchedulableRequest)(nil), // 43: blixard.v1.SetNodeSchedulableRequest
 	(*NodeResponse)(nil),              // 44: blixard.v1.NodeResponse
-	nil,                               // 45: blixard.v1.VmSpec.LabelsEntry
-	nil,                               // 46: blixard.v1.NodeRecord.LabelsEntry
+	(*LeaveClusterRequest)(nil),       // 45: blixard.v1.LeaveClusterRequest
+	nil,                               // 46: blixard.v1.VmSpec.LabelsEntry
+	nil,                               // 47: blixard.v1.NodeRecord.LabelsEntry
 }
 var file_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Error.code:type_name -> blixard.v1.Code
 	5,  // 1: blixard.v1.VmSpec.volumes:type_name -> blixard.v1.Volume
 	6,  // 2: blixard.v1.VmSpec.restart:type_name -> blixard.v1.RestartPolicy
-	45, // 3: blixard.v1.VmSpec.labels:type_name -> blixard.v1.VmSpec.LabelsEntry
+	46, // 3: blixard.v1.VmSpec.labels:type_name -> blixard.v1.VmSpec.LabelsEntry
 	7,  // 4: blixard.v1.VmRecord.spec:type_name -> blixard.v1.VmSpec
 	1,  // 5: blixard.v1.VmRecord.desired:type_name -> blixard.v1.DesiredState
 	2,  // 6: blixard.v1.VmRecord.status:type_name -> blixard.v1.VmStatus
-	46, // 7: blixard.v1.NodeRecord.labels:type_name -> blixard.v1.NodeRecord.LabelsEntry
+	47, // 7: blixard.v1.NodeRecord.labels:type_name -> blixard.v1.NodeRecord.LabelsEntry
 	3,  // 8: blixard.v1.NodeRecord.status:type_name -> blixard.v1.NodeStatus
 	12, // 9: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVm
 	13, // 10: blixard.v1.Command.start_vm:type_name -> blixard.v1.StartVm
@@ -3528,7 +3588,7 @@ func file_blixard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blixard_proto_rawDesc), len(file_blixard_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
