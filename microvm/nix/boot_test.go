@@ -12,6 +12,7 @@ import (
 
 	"github.com/blixard/blixard/microvm"
 	"github.com/blixard/blixard/microvm/qemu"
+	"github.com/blixard/blixard/microvm/vmproc"
 )
 
 // TestBootGuest is the whole nix path with a real guest: vm.json and the
@@ -81,7 +82,7 @@ func TestBootGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(log), "reboot: Power down") {
-		t.Errorf("guest did not power off; console tail:\n%s", lastNLines(log, 20))
+		t.Errorf("guest did not power off; console tail:\n%s", vmproc.LastLines(log, 20))
 	}
 	t.Logf("pid %d: nix build %s, start to READY %s, graceful stop %s",
 		in.PID, built.Round(time.Millisecond), ready.Round(time.Millisecond), time.Since(t2).Round(time.Millisecond))
@@ -122,7 +123,7 @@ func waitLog(t *testing.T, d *Driver, name, marker string, timeout time.Duration
 			return string(b)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%q not on %s's console within %s; tail:\n%s", marker, name, timeout, lastNLines(b, 20))
+			t.Fatalf("%q not on %s's console within %s; tail:\n%s", marker, name, timeout, vmproc.LastLines(b, 20))
 		}
 		<-tick.C
 	}

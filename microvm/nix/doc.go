@@ -31,7 +31,7 @@
 // them).
 //
 // Start runs current/bin/microvm-run with the VM state dir as working
-// directory under microvm/qemu's Supervisor (ExecSupervisor by default: own
+// directory under microvm/vmproc's Supervisor (ExecSupervisor by default: own
 // process group, pidfile and start time for re-adoption, output appended to
 // console.log), and returns once the hypervisor has created its control
 // socket (<name>.sock: the flake sets microvm.socket to it). Stop runs
@@ -60,6 +60,6 @@
 // microvm-shutdown.
 //
 // Who may import it: cmd/ (wiring) and tests. It imports microvm,
-// microvm/network, microvm/qemu (the supervisor) and nix (the embedded
-// flake).
+// microvm/network, microvm/qemu (the supervisor), microvm/vmproc (the VM
+// records) and nix (the embedded flake).
 package nix

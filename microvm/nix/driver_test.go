@@ -20,6 +20,7 @@ import (
 	"github.com/blixard/blixard/actors/drivertest"
 	"github.com/blixard/blixard/microvm"
 	"github.com/blixard/blixard/microvm/qemu"
+	"github.com/blixard/blixard/microvm/vmproc"
 )
 
 var _ actors.Driver = (*Driver)(nil)
@@ -190,7 +191,7 @@ func TestPrepareIsIdempotentAndRebuildsOnChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logSize := fileSize(filepath.Join(opts.Dir, "idem", consoleFile))
+	logSize := vmproc.FileSize(filepath.Join(opts.Dir, "idem", consoleFile))
 	if err := d.Prepare(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +199,7 @@ func TestPrepareIsIdempotentAndRebuildsOnChange(t *testing.T) {
 	if err := d.Prepare(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	if n := fileSize(filepath.Join(opts.Dir, "idem", consoleFile)); n != logSize {
+	if n := vmproc.FileSize(filepath.Join(opts.Dir, "idem", consoleFile)); n != logSize {
 		t.Errorf("Prepare with the same spec ran a build (console log %d -> %d bytes)", logSize, n)
 	}
 	spec.MemoryMB = 128

@@ -16,6 +16,7 @@ import (
 	"github.com/blixard/blixard/microvm/network"
 	"github.com/blixard/blixard/microvm/network/networktest"
 	"github.com/blixard/blixard/microvm/qemu"
+	"github.com/blixard/blixard/microvm/vmproc"
 )
 
 // TestNetworkBoot boots one real guest through the nix driver in a
@@ -75,7 +76,7 @@ func TestNetworkBoot(t *testing.T) {
 	}
 	console := waitLog(t, d, spec.Name, "BLIXARD-GUEST-READY", 3*time.Minute)
 	if want := "blixard-guest: eth0 " + spec.IP + "/32 gw " + gw; !strings.Contains(console, want) {
-		t.Fatalf("guest network not configured from the flake's ip= (%q); console tail:\n%s", want, lastNLines([]byte(console), 20))
+		t.Fatalf("guest network not configured from the flake's ip= (%q); console tail:\n%s", want, vmproc.LastLines([]byte(console), 20))
 	}
 	t.Logf("READY with network after %s", time.Since(start).Round(time.Millisecond))
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/blixard/blixard/microvm"
 	"github.com/blixard/blixard/microvm/network"
+	"github.com/blixard/blixard/microvm/vmproc"
 )
 
 // recordingNetwork is a Network that records what it was asked to do.
@@ -91,7 +92,7 @@ func TestNoNetworkLeavesTheInterfaceOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	var f vmFile
-	if err := readJSON(filepath.Join(opts.Dir, "nonet", flakeDir, vmFileName), &f); err != nil {
+	if err := vmproc.ReadJSON(filepath.Join(opts.Dir, "nonet", flakeDir, vmFileName), &f); err != nil {
 		t.Fatal(err)
 	}
 	if f.Network != nil || len(net.setup) != 0 {

@@ -16,7 +16,6 @@ const (
 	consoleFile = "console.log"
 	qmpFile     = "qmp.sock"
 	specFile    = "spec.json"
-	pidFile     = "qemu.pid"
 	exitFile    = "exit.json"
 )
 

@@ -205,7 +205,7 @@ func TestBootTCG(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the first driver never saw the exit")
 	}
-	if _, _, err := procStat(in1.PID); err == nil {
+	if procExists(in1.PID) {
 		t.Errorf("qemu pid %d still exists after Stop", in1.PID)
 	}
 	if out, _, _ := d2.Logs(ctx, spec.Name, 0, 0); !strings.Contains(string(out), "blixard-guest: powering off") {
@@ -241,7 +241,7 @@ func TestKillTCG(t *testing.T) {
 	if err := d.Destroy(ctx, spec.Name); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(d.stateDir(spec.Name)); !os.IsNotExist(err) {
+	if _, err := os.Stat(d.vms.StateDir(spec.Name)); !os.IsNotExist(err) {
 		t.Errorf("state dir left after Destroy: %v", err)
 	}
 }

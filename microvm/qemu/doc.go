@@ -12,11 +12,14 @@
 //   - ResolveAccel: kvm, tcg, or auto — a short KVM probe boot that falls
 //     back to TCG (and says why) where KVM opens but guests hang, as under
 //     nested virtualisation; the answer is cached per process.
-//   - Supervisor: runs the qemu process. ExecSupervisor starts it as a
-//     child in its own process group and records pid and start time in a
-//     pidfile, so a restarted agent re-adopts the exact process (never a
-//     recycled pid). A systemd supervisor can replace it.
-//   - Driver: the node agent's Driver contract (actors.Driver) on top:
+//   - Supervisor: runs the qemu process (an alias of microvm/vmproc's).
+//     ExecSupervisor starts it as a child in its own process group and
+//     records pid and start time in a pidfile, so a restarted agent
+//     re-adopts the exact process (never a recycled pid). A systemd
+//     supervisor can replace it.
+//   - Driver: the node agent's Driver contract (actors.Driver) on top,
+//     its per-VM records (runs, exits, Stop, Wait, Logs) kept by a
+//     microvm/vmproc Table:
 //     state dir per VM under Options.Dir (spec.json, qemu.pid, console.log,
 //     qmp.sock, exit.json, volume images), volumes created with truncate
 //     and mkfs.ext4, graceful stop (ACPI powerdown, SIGKILL after grace),
@@ -44,6 +47,6 @@
 // TAPs made by something else and touches no host networking;
 // Options.NoNetwork boots without a NIC.
 //
-// Who may import it: cmd/ (wiring) and tests. It imports microvm and
-// microvm/network.
+// Who may import it: cmd/ (wiring) and tests. It imports microvm,
+// microvm/network and microvm/vmproc.
 package qemu

@@ -5,19 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/blixard/blixard/microvm"
 	"github.com/blixard/blixard/microvm/network"
+	"github.com/blixard/blixard/microvm/vmproc"
 )
 
 // Options configure a Driver. Only Dir is required.
@@ -69,47 +66,9 @@ type Network interface {
 // concurrent use.
 type Driver struct {
 	opts Options
-	sup  Supervisor
 	log  *slog.Logger
-	// life ends with Close: it stops the watchers of adopted processes.
-	life   context.Context
-	cancel context.CancelFunc
-
-	mu  sync.Mutex
-	vms map[string]*vm
+	vms  *vmproc.Table
 }
-
-// vm is the driver's record of one VM.
-type vm struct {
-	name string
-	dir  string
-
-	mu   sync.Mutex
-	spec microvm.Spec
-	// cur is the current or last run started (or adopted) by this driver.
-	cur *run
-	// recorded is the exit a previous driver recorded (exit.json), for
-	// Wait before this driver runs the VM.
-	recorded *microvm.Exit
-}
-
-// run is one qemu process of a VM.
-type run struct {
-	proc Process
-	// logStart is the console log size when the process started: the
-	// exit classification reads only this run's output.
-	logStart int64
-	// exited is closed once exit is set.
-	exited chan struct{}
-	exit   microvm.Exit
-	// Guarded by vm.mu: done is set with exit; stopping explains a
-	// requested stop ("stopped", "destroyed"), which makes the exit clean.
-	done     bool
-	stopping string
-}
-
-// running reports whether v's current run is alive. Called with v.mu held.
-func (v *vm) running() bool { return v.cur != nil && !v.cur.done }
 
 // New returns a driver keeping its state under opts.Dir. VMs that a
 // previous driver left running are found again by List, Inspect, Recover.
@@ -135,9 +94,9 @@ func New(opts Options) (*Driver, error) {
 	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	d := &Driver{opts: opts, sup: opts.Supervisor, log: opts.Logger, vms: map[string]*vm{}}
-	if d.sup == nil {
-		d.sup = &ExecSupervisor{}
+	d := &Driver{opts: opts, log: opts.Logger}
+	if d.opts.Supervisor == nil {
+		d.opts.Supervisor = &ExecSupervisor{}
 	}
 	if d.log == nil {
 		d.log = slog.Default()
@@ -145,127 +104,37 @@ func New(opts Options) (*Driver, error) {
 	if d.opts.Network == nil {
 		d.opts.Network = &network.Host{Logger: d.log}
 	}
-	d.life, d.cancel = context.WithCancel(context.Background())
+	d.vms = vmproc.New(vmproc.Config{
+		Dir: opts.Dir, Supervisor: d.opts.Supervisor, Logger: d.log,
+		Prefix: "qemu", Process: "qemu", Handle: qmpFile, ValidName: validName,
+		Signs:       []vmproc.Sign{{Text: "terminating on signal", Guest: "qemu terminated by a signal from outside blixard"}},
+		MaxLogBytes: opts.MaxLogBytes,
+	}, hooks{d})
 	return d, nil
 }
 
 // Close releases the driver; running VMs keep running for a later driver
 // to recover.
 func (d *Driver) Close() error {
-	d.cancel()
+	d.vms.Close()
 	return nil
 }
 
 func (d *Driver) stateDir(name string) string { return filepath.Join(d.opts.Dir, name) }
 
-// lookup returns the record of name, loading it from its state dir (and
-// re-adopting a running process) when this driver has not seen it yet.
-// It returns nil when name is unknown.
-func (d *Driver) lookup(name string) (*vm, error) {
-	if name == "" || name == "." || name == ".." || filepath.Base(name) != name {
-		return nil, nil
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if v, ok := d.vms[name]; ok {
-		return v, nil
-	}
-	dir := d.stateDir(name)
+// validName reports whether name can be a state dir under Options.Dir.
+func validName(name string) bool {
+	return name != "" && name != "." && name != ".." && filepath.Base(name) == name
+}
+
+// hooks is the driver's side of its vmproc.Table.
+type hooks struct{ *Driver }
+
+// LoadSpec implements vmproc.Driver: the spec Prepare recorded.
+func (hooks) LoadSpec(dir string) (microvm.Spec, error) {
 	var spec microvm.Spec
-	if err := readJSON(filepath.Join(dir, specFile), &spec); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("loading vm %s: %w", name, err)
-	}
-	v := &vm{name: name, dir: dir, spec: spec}
-	var last microvm.Exit
-	if err := readJSON(filepath.Join(dir, exitFile), &last); err == nil {
-		v.recorded = &last
-	}
-	p, ok, err := d.sup.Adopt(d.life, dir)
-	if err != nil {
-		return nil, fmt.Errorf("re-adopting vm %s: %w", name, err)
-	}
-	if ok {
-		d.log.Info("qemu: re-adopted running vm", "vm", name, "pid", p.PID())
-		d.watch(v, p, fileSize(filepath.Join(dir, consoleFile)))
-	}
-	d.vms[name] = v
-	return v, nil
-}
-
-// watch makes p v's current run and records its exit when it ends. The
-// caller holds v.mu or owns v exclusively.
-func (d *Driver) watch(v *vm, p Process, logStart int64) *run {
-	r := &run{proc: p, logStart: logStart, exited: make(chan struct{})}
-	v.cur = r
-	go func() {
-		select {
-		case <-p.Done():
-		case <-d.life.Done():
-			return
-		}
-		v.mu.Lock()
-		e := d.classify(v, r, p.Status())
-		v.mu.Unlock()
-		// Files first: once done is set a new Start may write its own.
-		if err := writeJSON(filepath.Join(v.dir, exitFile), e); err != nil && !errors.Is(err, os.ErrNotExist) {
-			d.log.Warn("qemu: recording exit", "vm", v.name, "err", err)
-		}
-		d.log.Info("qemu: vm exited", "vm", v.name, "reason", e.Reason, "clean", e.Clean)
-		v.mu.Lock()
-		r.exit = e
-		r.done = true
-		v.mu.Unlock()
-		close(r.exited)
-	}()
-	return r
-}
-
-// classify turns a process status into an Exit. A requested stop is clean.
-// Otherwise the run's console output tells a guest poweroff (clean) from
-// a guest reboot or kernel panic (which end qemu with code 0 too, because
-// of -no-reboot and panic=-1). Called with v.mu held.
-func (d *Driver) classify(v *vm, r *run, st ProcessStatus) microvm.Exit {
-	e := microvm.Exit{Code: st.Code, Signal: st.Signal, At: time.Now()}
-	if r.stopping != "" {
-		e.Clean = true
-		e.Reason = r.stopping
-		return e
-	}
-	out := tail(filepath.Join(v.dir, consoleFile), r.logStart, 64<<10)
-	guest := ""
-	switch {
-	case bytes.Contains(out, []byte("Kernel panic")):
-		guest = "guest kernel panic"
-	case bytes.Contains(out, []byte("reboot: Restarting system")):
-		guest = "guest rebooted"
-	case bytes.Contains(out, []byte("reboot: Power down")):
-		guest = "guest powered off"
-	case bytes.Contains(out, []byte("terminating on signal")):
-		guest = "qemu terminated by a signal from outside blixard"
-	}
-	switch {
-	case !st.Known:
-		e.Code = -1
-		if guest == "" {
-			guest = "exited"
-		}
-		e.Reason = guest + " (re-adopted process: exit status unknown)"
-		e.Clean = guest == "guest powered off"
-	case st.Signal != "":
-		e.Reason = "killed by " + st.Signal
-	case st.Code != 0:
-		e.Reason = fmt.Sprintf("qemu exited with code %d: %s", st.Code, lastLine(out))
-	case guest == "":
-		e.Reason = "qemu exited cleanly"
-		e.Clean = true
-	default:
-		e.Reason = guest
-		e.Clean = guest == "guest powered off"
-	}
-	return e
+	err := vmproc.ReadJSON(filepath.Join(dir, specFile), &spec)
+	return spec, err
 }
 
 // machine is the command line model of spec on this driver.
@@ -277,7 +146,7 @@ func (d *Driver) machine(spec microvm.Spec, accel Accel) Machine {
 	return Machine{
 		Spec:      spec,
 		Binary:    d.opts.Binary,
-		StateDir:  d.stateDir(spec.Name),
+		StateDir:  d.vms.StateDir(spec.Name),
 		Accel:     accel,
 		TSCKHz:    tsc,
 		NoNetwork: d.opts.NoNetwork,
@@ -310,7 +179,7 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
 	}
-	if spec.Name == "" || filepath.Base(spec.Name) != spec.Name || spec.Name == "." || spec.Name == ".." {
+	if !validName(spec.Name) {
 		return fmt.Errorf("preparing vm %q: %w: bad name", spec.Name, microvm.ErrInvalidSpec)
 	}
 	m := d.machine(spec, AccelTCG)
@@ -326,7 +195,7 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 		}
 	}
 	// The spec is recorded first: Destroy finds the network to remove in it.
-	if err := writeJSON(filepath.Join(m.StateDir, specFile), spec); err != nil {
+	if err := vmproc.WriteJSON(filepath.Join(m.StateDir, specFile), spec); err != nil {
 		return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
 	}
 	if d.managesNetwork(spec) {
@@ -334,13 +203,11 @@ func (d *Driver) Prepare(ctx context.Context, spec microvm.Spec) error {
 			return fmt.Errorf("preparing vm %s: %w", spec.Name, err)
 		}
 	}
-	v, err := d.lookup(spec.Name)
+	v, err := d.vms.Lookup(spec.Name)
 	if err != nil {
 		return err
 	}
-	v.mu.Lock()
-	v.spec = spec.Clone()
-	v.mu.Unlock()
+	v.SetSpec(spec)
 	return nil
 }
 
@@ -384,17 +251,14 @@ func createVolume(ctx context.Context, path string, sizeMB uint64) error {
 // its QMP socket; a qemu that exits before that fails Start with the last
 // line it printed.
 func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance, error) {
-	v, err := d.lookup(spec.Name)
+	v, err := d.vms.Lookup(spec.Name)
 	if err != nil {
 		return microvm.Instance{}, err
 	}
 	if v == nil {
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, microvm.ErrNotPrepared)
 	}
-	v.mu.Lock()
-	running := v.running()
-	v.mu.Unlock()
-	if running {
+	if v.Running() {
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, microvm.ErrAlreadyRunning)
 	}
 	accel, reason := ResolveAccel(ctx, d.opts.Accel, Probe{
@@ -405,43 +269,13 @@ func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance
 	if err != nil {
 		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, err)
 	}
-	os.Remove(m.QMPPath())
 	if spec.MemoryMB == 2048 {
 		d.log.Warn("qemu: the microvm machine is known to hang with exactly 2048 MiB of memory", "vm", spec.Name)
 	}
-	if d.opts.MaxLogBytes > 0 && fileSize(m.ConsolePath()) > d.opts.MaxLogBytes {
-		if err := os.Rename(m.ConsolePath(), m.ConsolePath()+".1"); err != nil {
-			d.log.Warn("qemu: rotating console log", "vm", spec.Name, "err", err)
-		}
-	}
-	logStart := fileSize(m.ConsolePath())
 	d.log.Info("qemu: starting vm", "vm", spec.Name, "accel", accel, "accel_reason", reason)
-	var p Process
-	if rs, ok := d.sup.(ResourceSupervisor); ok {
-		p, err = rs.StartVM(ctx, m.StateDir, argv, m.ConsolePath(),
-			Resources{Name: spec.Name, Vcpus: spec.Vcpus, MemoryMB: spec.MemoryMB})
-	} else {
-		p, err = d.sup.Start(ctx, m.StateDir, argv, m.ConsolePath())
-	}
-	if err != nil {
-		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w", spec.Name, err)
-	}
-	v.mu.Lock()
-	r := d.watch(v, p, logStart)
-	v.mu.Unlock()
-
-	if err := d.awaitQMP(ctx, m.QMPPath(), r.exited); err != nil {
-		v.mu.Lock()
-		if !r.done {
-			r.stopping = "start failed"
-		}
-		v.mu.Unlock()
-		p.Signal(syscall.SIGKILL)
-		<-r.exited
-		return microvm.Instance{}, fmt.Errorf("starting vm %s: %w: %s", spec.Name, err,
-			lastLine(tail(m.ConsolePath(), logStart, 4096)))
-	}
-	return d.instance(v), nil
+	return d.vms.Launch(ctx, v, spec, argv, m.QMPPath(), func(ctx context.Context, exited <-chan struct{}) error {
+		return d.awaitQMP(ctx, m.QMPPath(), exited)
+	})
 }
 
 var dialer net.Dialer
@@ -471,79 +305,13 @@ func (d *Driver) awaitQMP(ctx context.Context, path string, exited <-chan struct
 
 // Wait implements the Driver contract.
 func (d *Driver) Wait(ctx context.Context, name string) (microvm.Exit, error) {
-	v, err := d.lookup(name)
-	if err != nil {
-		return microvm.Exit{}, err
-	}
-	if v == nil {
-		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w", name, microvm.ErrNotFound)
-	}
-	v.mu.Lock()
-	r, last := v.cur, v.recorded
-	v.mu.Unlock()
-	if r == nil {
-		if last != nil {
-			return *last, nil
-		}
-		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w (never started)", name, microvm.ErrNotFound)
-	}
-	select {
-	case <-r.exited:
-		return r.exit, nil
-	case <-ctx.Done():
-		return microvm.Exit{}, fmt.Errorf("waiting for vm %s: %w", name, ctx.Err())
-	}
+	return d.vms.Wait(ctx, name)
 }
 
 // Stop implements the Driver contract: an ACPI powerdown through QMP, a
 // SIGKILL once grace has passed.
 func (d *Driver) Stop(ctx context.Context, name string, grace time.Duration) error {
-	return d.stop(ctx, name, grace, "stopped")
-}
-
-func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why string) error {
-	v, err := d.lookup(name)
-	if err != nil || v == nil {
-		return err
-	}
-	v.mu.Lock()
-	if !v.running() {
-		v.mu.Unlock()
-		return nil
-	}
-	r := v.cur
-	r.stopping = why
-	p, exited := r.proc, r.exited
-	v.mu.Unlock()
-
-	if grace > 0 {
-		if d.powerdown(ctx, v, exited, grace) {
-			return nil
-		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("stopping vm %s: %w", name, err)
-		}
-		v.mu.Lock()
-		r.stopping = fmt.Sprintf("%s: killed by SIGKILL after %s grace", why, grace)
-		v.mu.Unlock()
-	}
-	if err := p.Signal(syscall.SIGKILL); err != nil {
-		return fmt.Errorf("stopping vm %s: %w", name, err)
-	}
-	select {
-	case <-exited:
-		return nil
-	case <-d.life.Done():
-		// Closed: the watcher is gone and will never close exited, so
-		// wait for the process itself.
-		select {
-		case <-p.Done():
-			return nil
-		case <-ctx.Done():
-		}
-	case <-ctx.Done():
-	}
-	return fmt.Errorf("stopping vm %s: %w", name, ctx.Err())
+	return d.vms.Stop(ctx, name, grace, "stopped")
 }
 
 // powerdownRepeat is how often Stop presses the power button again: a
@@ -551,9 +319,10 @@ func (d *Driver) stop(ctx context.Context, name string, grace time.Duration, why
 // driver or init's handler is there) is lost.
 const powerdownRepeat = 2 * time.Second
 
-// powerdown presses the VM's ACPI power button through QMP, repeatedly,
-// until the process exits (true) or grace passes or ctx ends (false).
-func (d *Driver) powerdown(ctx context.Context, v *vm, exited <-chan struct{}, grace time.Duration) bool {
+// Powerdown implements vmproc.Driver: it presses the VM's ACPI power
+// button through QMP, repeatedly, until the process exits (true) or grace
+// passes or ctx ends (false).
+func (d hooks) Powerdown(ctx context.Context, v *vmproc.VM, _ vmproc.Process, exited <-chan struct{}, grace time.Duration) bool {
 	deadline := time.NewTimer(grace)
 	defer deadline.Stop()
 	repeat := time.NewTicker(powerdownRepeat)
@@ -569,7 +338,7 @@ func (d *Driver) powerdown(ctx context.Context, v *vm, exited <-chan struct{}, g
 		defer cancel()
 		var err error
 		if q == nil {
-			q, err = DialQMP(qctx, filepath.Join(v.dir, qmpFile))
+			q, err = DialQMP(qctx, filepath.Join(v.Dir, qmpFile))
 		}
 		if err == nil {
 			err = q.Powerdown(qctx)
@@ -582,7 +351,7 @@ func (d *Driver) powerdown(ctx context.Context, v *vm, exited <-chan struct{}, g
 			select {
 			case <-exited: // qemu went away while we asked: no failure
 			default:
-				d.log.Warn("qemu: powerdown request failed", "vm", v.name, "err", err)
+				d.log.Warn("qemu: powerdown request failed", "vm", v.Name, "err", err)
 			}
 		}
 	}
@@ -605,17 +374,15 @@ func (d *Driver) powerdown(ctx context.Context, v *vm, exited <-chan struct{}, g
 // host network the driver made, then the state dir (with the volume images
 // kept there; images elsewhere stay).
 func (d *Driver) Destroy(ctx context.Context, name string) error {
-	v, err := d.lookup(name)
+	v, err := d.vms.Lookup(name)
 	if err != nil {
 		return err
 	}
 	var spec microvm.Spec
 	if v != nil {
-		v.mu.Lock()
-		spec = v.spec.Clone()
-		v.mu.Unlock()
+		spec = v.Spec()
 	}
-	if err := d.stop(ctx, name, 0, "destroyed"); err != nil {
+	if err := d.vms.Stop(ctx, name, 0, "destroyed"); err != nil {
 		return err
 	}
 	if v != nil && d.managesNetwork(spec) {
@@ -625,13 +392,11 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 			return fmt.Errorf("destroying vm %s: %w", name, err)
 		}
 	}
-	d.mu.Lock()
-	delete(d.vms, name)
-	d.mu.Unlock()
-	if name == "" || filepath.Base(name) != name || name == "." || name == ".." {
+	d.vms.Forget(name)
+	if !validName(name) {
 		return nil
 	}
-	if err := os.RemoveAll(d.stateDir(name)); err != nil {
+	if err := os.RemoveAll(d.vms.StateDir(name)); err != nil {
 		return fmt.Errorf("destroying vm %s: %w", name, err)
 	}
 	return nil
@@ -639,153 +404,25 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 
 // Inspect implements the Driver contract.
 func (d *Driver) Inspect(ctx context.Context, name string) (microvm.Instance, error) {
-	v, err := d.lookup(name)
-	if err != nil {
-		return microvm.Instance{}, err
-	}
-	if v == nil {
-		return microvm.Instance{}, fmt.Errorf("inspecting vm %s: %w", name, microvm.ErrNotFound)
-	}
-	return d.instance(v), nil
-}
-
-func (d *Driver) instance(v *vm) microvm.Instance {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	in := microvm.Instance{Name: v.name, ID: v.spec.ID, Handle: filepath.Join(v.dir, qmpFile)}
-	if v.running() {
-		in.Running = true
-		in.PID = v.cur.proc.PID()
-		in.StartedAt = v.cur.proc.StartedAt()
-	}
-	return in
+	return d.vms.Inspect(ctx, name)
 }
 
 // Recover implements the Driver contract. The re-adoption itself happens
 // when the driver first looks at the VM's state dir.
 func (d *Driver) Recover(ctx context.Context, spec microvm.Spec) (microvm.Instance, bool, error) {
-	v, err := d.lookup(spec.Name)
-	if err != nil {
-		return microvm.Instance{}, false, err
-	}
-	if v == nil {
-		return microvm.Instance{Name: spec.Name}, false, nil
-	}
-	in := d.instance(v)
-	return in, in.Running, nil
+	return d.vms.Recover(ctx, spec)
 }
 
 // List implements the Driver contract.
 func (d *Driver) List(ctx context.Context) ([]microvm.Instance, error) {
-	entries, err := os.ReadDir(d.opts.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("listing vms: %w", err)
-	}
-	var out []microvm.Instance
-	for _, e := range entries {
-		if !e.IsDir() {
-			continue
-		}
-		v, err := d.lookup(e.Name())
-		if err != nil {
-			return nil, err
-		}
-		if v != nil {
-			out = append(out, d.instance(v))
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return d.vms.List(ctx)
 }
 
 // Logs implements the Driver contract over <state dir>/console.log, which
 // holds the serial console and qemu's own messages of every run since the
 // log was last rotated (at a start, past Options.MaxLogBytes).
 func (d *Driver) Logs(ctx context.Context, name string, offset int64, lastLines int) ([]byte, int64, error) {
-	v, err := d.lookup(name)
-	if err != nil {
-		return nil, 0, err
-	}
-	if v == nil {
-		return nil, 0, fmt.Errorf("logs of vm %s: %w", name, microvm.ErrNotFound)
-	}
-	f, err := os.Open(filepath.Join(v.dir, consoleFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("logs of vm %s: %w", name, err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, 0, fmt.Errorf("logs of vm %s: %w", name, err)
-	}
-	size := st.Size()
-	if offset >= 0 {
-		if offset > size {
-			// The log was rotated at a restart: the reader continues
-			// with the new log from its start.
-			offset = 0
-		}
-		data := make([]byte, size-offset)
-		n, err := f.ReadAt(data, offset)
-		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, 0, fmt.Errorf("logs of vm %s: %w", name, err)
-		}
-		return data[:n], offset + int64(n), nil
-	}
-	data := make([]byte, size)
-	n, err := f.ReadAt(data, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, 0, fmt.Errorf("logs of vm %s: %w", name, err)
-	}
-	data = data[:n]
-	return lastNLines(data, lastLines), int64(n), nil
-}
-
-// lastNLines returns the last n lines of b (all of b when n <= 0).
-func lastNLines(b []byte, n int) []byte {
-	if n <= 0 {
-		return b
-	}
-	i := len(b)
-	if i > 0 && b[i-1] == '\n' {
-		i--
-	}
-	for k := 0; k < n; k++ {
-		j := bytes.LastIndexByte(b[:i], '\n')
-		if j < 0 {
-			return b
-		}
-		i = j
-	}
-	return b[i+1:]
-}
-
-// tail returns up to max bytes of path from offset from on (the end part).
-func tail(path string, from int64, limit int64) []byte {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil
-	}
-	start := max(from, st.Size()-limit, 0)
-	b := make([]byte, st.Size()-start)
-	n, _ := f.ReadAt(b, start)
-	return b[:n]
-}
-
-func fileSize(path string) int64 {
-	st, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return st.Size()
+	return d.vms.Logs(ctx, name, offset, lastLines)
 }
 
 func firstNonEmpty(a, b string) string {

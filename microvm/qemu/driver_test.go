@@ -20,6 +20,7 @@ import (
 	"github.com/blixard/blixard/actors"
 	"github.com/blixard/blixard/actors/drivertest"
 	"github.com/blixard/blixard/microvm"
+	"github.com/blixard/blixard/microvm/vmproc"
 )
 
 var _ actors.Driver = (*Driver)(nil)
@@ -236,7 +237,7 @@ func TestExitClassification(t *testing.T) {
 	}
 	// A powerdown from outside the driver (the guest powering off): clean.
 	e := run(func(microvm.Instance) {
-		q, err := DialQMP(ctx, filepath.Join(d.stateDir(spec.Name), qmpFile))
+		q, err := DialQMP(ctx, filepath.Join(d.vms.StateDir(spec.Name), qmpFile))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -294,7 +295,7 @@ func TestPrepareCreatesVolumes(t *testing.T) {
 	if err := d.Prepare(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	for path, size := range map[string]int64{filepath.Join(d.stateDir("vols"), "data.img"): 8 << 20, ext: 4 << 20} {
+	for path, size := range map[string]int64{filepath.Join(d.vms.StateDir("vols"), "data.img"): 8 << 20, ext: 4 << 20} {
 		st, err := os.Stat(path)
 		if err != nil || st.Size() != size {
 			t.Fatalf("volume %s: %v, %v; want %d bytes", path, st, err, size)
@@ -419,7 +420,7 @@ func waitConsole(t *testing.T, d *Driver, name, want string, timeout time.Durati
 	}
 }
 
-func lastLines(b []byte, n int) string { return string(lastNLines(b, n)) }
+func lastLines(b []byte, n int) string { return string(vmproc.LastLines(b, n)) }
 
 // After Close the exit watchers are gone; a forced Stop must still return
 // once the process is dead instead of waiting for a watcher forever.
@@ -440,4 +441,10 @@ func TestStopAfterClose(t *testing.T) {
 	if err := d.Stop(ctx, spec.Name, 100*time.Millisecond); err != nil {
 		t.Fatalf("Stop after Close: %v", err)
 	}
+}
+
+// procExists reports whether pid is a process (a zombie included).
+func procExists(pid int) bool {
+	_, err := os.Stat("/proc/" + strconv.Itoa(pid) + "/stat")
+	return err == nil
 }

@@ -189,10 +189,10 @@ func TestNetworkTCG(t *testing.T) {
 		if err := d.Destroy(ctx, s.Name); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := procStat(pids[s.Name]); err == nil {
+		if procExists(pids[s.Name]) {
 			t.Errorf("%s: qemu pid %d still exists after Destroy", s.Name, pids[s.Name])
 		}
-		if _, err := os.Stat(d.stateDir(s.Name)); !os.IsNotExist(err) {
+		if _, err := os.Stat(d.vms.StateDir(s.Name)); !os.IsNotExist(err) {
 			t.Errorf("%s: state dir left after Destroy: %v", s.Name, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package qemu
+package vmproc
 
 import (
 	"context"
@@ -69,21 +69,21 @@ func TestExecSupervisorAdopt(t *testing.T) {
 
 	// A pidfile whose start time does not match is a recycled pid: not adopted.
 	var rec pidRecord
-	if err := readJSON(filepath.Join(dir, pidFile), &rec); err != nil {
+	if err := ReadJSON(filepath.Join(dir, pidFile), &rec); err != nil {
 		t.Fatal(err)
 	}
 	other := t.TempDir()
 	rec.StartTicks = "1"
-	if err := writeJSON(filepath.Join(other, pidFile), rec); err != nil {
+	if err := WriteJSON(filepath.Join(other, pidFile), rec); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok, err := s.Adopt(life, other); ok || err != nil {
 		t.Errorf("Adopt with a wrong start time = %v, %v; want not adopted", ok, err)
 	}
 	// Same pid and start time, another VM's marker: not adopted either.
-	readJSON(filepath.Join(dir, pidFile), &rec)
+	ReadJSON(filepath.Join(dir, pidFile), &rec)
 	rec.Marker = "some-other-vm/qmp.sock"
-	writeJSON(filepath.Join(other, pidFile), rec)
+	WriteJSON(filepath.Join(other, pidFile), rec)
 	if _, ok, _ := s.Adopt(life, other); ok {
 		t.Errorf("Adopt with another marker adopted pid %d", rec.PID)
 	}
@@ -120,11 +120,11 @@ func TestExecSupervisorAdopt(t *testing.T) {
 func TestLastNLines(t *testing.T) {
 	b := []byte("one\ntwo\nthree\n")
 	for n, want := range map[int]string{0: "one\ntwo\nthree\n", 1: "three\n", 2: "two\nthree\n", 5: "one\ntwo\nthree\n"} {
-		if got := string(lastNLines(b, n)); got != want {
-			t.Errorf("lastNLines(%d) = %q, want %q", n, got, want)
+		if got := string(LastLines(b, n)); got != want {
+			t.Errorf("LastLines(%d) = %q, want %q", n, got, want)
 		}
 	}
-	if got := string(lastNLines([]byte("a\nb"), 1)); got != "b" {
+	if got := string(LastLines([]byte("a\nb"), 1)); got != "b" {
 		t.Errorf("without trailing newline: %q", got)
 	}
 }

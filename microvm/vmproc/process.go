@@ -1,4 +1,4 @@
-package qemu
+package vmproc
 
 import (
 	"bytes"
@@ -66,6 +66,9 @@ type ProcessStatus struct {
 	Signal string // "SIGKILL" when killed by a signal
 }
 
+// pidFile is the pidfile ExecSupervisor keeps in a VM's state dir.
+const pidFile = "qemu.pid"
+
 // pidRecord is the pidfile: enough to recognise the exact process again.
 type pidRecord struct {
 	PID int `json:"pid"`
@@ -126,7 +129,7 @@ func (s *ExecSupervisor) Start(ctx context.Context, dir string, argv []string, l
 		return p, nil
 	}
 	rec := pidRecord{PID: cmd.Process.Pid, StartTicks: ticks, StartedAt: p.started, Marker: marker(argv)}
-	if err := writeJSON(filepath.Join(dir, pidFile), rec); err != nil {
+	if err := WriteJSON(filepath.Join(dir, pidFile), rec); err != nil {
 		p.Signal(syscall.SIGKILL)
 		<-p.done
 		return nil, fmt.Errorf("writing pidfile: %w", err)
@@ -148,7 +151,7 @@ func marker(argv []string) string {
 // Adopt implements Supervisor.
 func (s *ExecSupervisor) Adopt(life context.Context, dir string) (Process, bool, error) {
 	var rec pidRecord
-	if err := readJSON(filepath.Join(dir, pidFile), &rec); err != nil {
+	if err := ReadJSON(filepath.Join(dir, pidFile), &rec); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, false, nil
 		}
@@ -316,13 +319,14 @@ func (p *adoptedProcess) poll(life context.Context, interval time.Duration) {
 // process of the VM may have replaced it).
 func removePidfile(dir string, pid int) {
 	var rec pidRecord
-	if readJSON(filepath.Join(dir, pidFile), &rec) == nil && rec.PID == pid {
+	if ReadJSON(filepath.Join(dir, pidFile), &rec) == nil && rec.PID == pid {
 		os.Remove(filepath.Join(dir, pidFile))
 	}
 }
 
-// writeJSON writes v to path atomically (temp file, then rename).
-func writeJSON(path string, v any) error {
+// WriteJSON writes v to path as indented JSON, atomically (temp file,
+// then rename).
+func WriteJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
@@ -334,7 +338,8 @@ func writeJSON(path string, v any) error {
 	return os.Rename(tmp, path)
 }
 
-func readJSON(path string, v any) error {
+// ReadJSON reads the JSON file at path into v.
+func ReadJSON(path string, v any) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
