@@ -116,6 +116,12 @@ type Node struct {
 	replica NodeReplica
 	vms     atomic.Pointer[actor.PID]
 	api     *actor.PID
+	// caughtUp is set once the replica has applied the committed log.
+	// Effects of entries replayed before that (a restarting agent's log)
+	// describe the past: routed, they would spawn VM actors on records
+	// older than the state, whose restart count and failed status the
+	// actors then overwrite. The reconcile after catch-up covers them.
+	caughtUp atomic.Bool
 
 	// peers are the addresses protoactor holds outbound connections to
 	// (clients being answered, nodes logs are forwarded to).
@@ -305,9 +311,10 @@ func (n *Node) closeRemote() {
 
 // onEffects is the replica's apply hook: it hands the effects to `vms`
 // through its mailbox, which never blocks. Effects applied before `vms`
-// exists are dropped; the reconcile after start covers them.
+// exists or before the replica caught up are dropped; the reconcile
+// after catch-up covers them.
 func (n *Node) onEffects(effects []consensus.Effect) {
-	if pid := n.vms.Load(); pid != nil && len(effects) > 0 {
+	if pid := n.vms.Load(); pid != nil && len(effects) > 0 && n.caughtUp.Load() {
 		n.system.Root.Send(pid, &ApplyEffects{Effects: effects})
 	}
 }
@@ -333,6 +340,7 @@ func (n *Node) join() {
 		}
 		n.log.Warn("replica not ready yet", "err", err)
 	}
+	n.caughtUp.Store(true)
 	n.log.Info("replica ready; registering node")
 	if !n.retry("initialising cluster", n.initCluster) {
 		return
