@@ -105,7 +105,7 @@ fake driver.`,
 	fl.BoolVar(&f.noNetwork, "no-network", false, "qemu and nix drivers: boot VMs without a network device (the default gives each VM a TAP, host route and iptables rules, which needs root)")
 	fl.Uint32Var(&f.vcpus, "vcpus", 0, "vCPUs this node offers to VMs (default: the host's CPUs)")
 	fl.Uint64Var(&f.memoryMB, "memory-mb", 0, "memory in MiB this node offers to VMs (default: the host's memory)")
-	fl.BoolVar(&f.dev, "dev", false, "development mode: single node 1, temporary data dir, fake driver")
+	fl.BoolVar(&f.dev, "dev", false, "development mode: single node 1, fake driver, and a temporary data dir removed on exit (its VMs stop with the node) unless --data-dir is given")
 	fl.StringVar(&f.logFormat, "log-format", "auto", "log format: text|json|auto (text on a terminal, JSON otherwise)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug|info|warn|error")
 	fl.StringVar(&f.subnet, "subnet", "", "IPv4 CIDR for VM addresses, applied when this node initialises a new cluster (default 10.0.0.0/24)")
@@ -136,6 +136,12 @@ func (f *runFlags) check(cmd *cobra.Command) (nodeSetup, error) {
 	if f.dev {
 		if f.nodeID == 0 {
 			f.nodeID = 1
+		}
+		if !cmd.Flags().Changed("data-dir") {
+			// A throw-away data dir: nothing can re-adopt the VMs after
+			// exit, so they stop with the node.
+			f.dataDir = ""
+			f.stopVMsOnExit = true
 		}
 		if !cmd.Flags().Changed("driver") {
 			f.driver = "fake"
@@ -290,7 +296,7 @@ func isTerminal(w io.Writer) bool {
 func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 	log := a.newLogger(f, s.level)
 	dataDir := f.dataDir
-	if f.dev {
+	if f.dev && dataDir == "" {
 		d, err := os.MkdirTemp("", "blixard-dev-")
 		if err != nil {
 			return err
