@@ -175,6 +175,11 @@ func validateSpec(in *blixardpb.VmSpec) (name, tenant string, sp vmSpec, err *cm
 			return "", "", sp, err
 		}
 	}
+	for _, f := range []struct{ field, val string }{{"kernel", sp.kernel}, {"initrd", sp.initrd}} {
+		if f.val != "" && f.val[0] != '/' {
+			return "", "", sp, invalid("%s path %q is relative: must be absolute (it is opened on the node that runs the vm)", f.field, f.val)
+		}
+	}
 	if sp.flake != "" && (sp.kernel != "" || sp.initrd != "") {
 		return "", "", sp, invalid("flake and kernel/initrd are exclusive: give either a flake or a kernel (and initrd)")
 	}

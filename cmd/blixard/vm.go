@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -78,6 +79,17 @@ that node boots it. NAME is a DNS label: lowercase letters, digits and '-',
 			if timeout <= 0 {
 				return usagef("invalid --timeout %s: must be positive", timeout)
 			}
+			// The node opens these paths; a relative one means the
+			// caller's directory, as it does for every other CLI.
+			for _, p := range []*string{&kernel, &initrd} {
+				if *p != "" && !filepath.IsAbs(*p) {
+					abs, err := filepath.Abs(*p)
+					if err != nil {
+						return err
+					}
+					*p = abs
+				}
+			}
 			spec := &blixardpb.VmSpec{
 				Name:         args[0],
 				Tenant:       tenant,
@@ -120,8 +132,8 @@ that node boots it. NAME is a DNS label: lowercase letters, digits and '-',
 	f.StringVar(&tenant, "tenant", "default", "tenant (a DNS label); VMs of different tenants are isolated")
 	f.Uint64Var(&node, "node", 0, "pin the VM to this node id (default: the scheduler chooses)")
 	f.StringVar(&restart, "restart", "always", "restart policy: always|on-failure|never")
-	f.StringVar(&kernel, "kernel", "", "guest kernel image path on the node")
-	f.StringVar(&initrd, "initrd", "", "guest initrd path on the node (with --kernel)")
+	f.StringVar(&kernel, "kernel", "", "guest kernel image path on the node (a relative path is made absolute against the current directory)")
+	f.StringVar(&initrd, "initrd", "", "guest initrd path on the node, with --kernel (relative: as --kernel)")
 	f.StringVar(&flake, "flake", "", "flake reference of a microvm.nix guest (nix driver; excludes --kernel/--initrd)")
 	f.StringArrayVar(&params, "kernel-param", nil, "extra kernel command line parameter (repeatable)")
 	f.StringToStringVar(&labels, "label", nil, "label key=value (repeatable)")
