@@ -3,7 +3,6 @@ package systemd
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 
 	"github.com/blixard/blixard/microvm/qemu"
+	"github.com/blixard/blixard/microvm/vmproc"
 )
 
 // recordFile is the file in the VM state dir that identifies the unit's run.
@@ -196,7 +196,7 @@ func (s *Supervisor) StartVM(ctx context.Context, dir string, argv []string, log
 		p.finish(conn, st)
 		return p, nil
 	}
-	if err := writeJSON(filepath.Join(dir, recordFile), rec); err != nil {
+	if err := vmproc.WriteJSON(filepath.Join(dir, recordFile), rec); err != nil {
 		conn.KillUnitWithTarget(context.WithoutCancel(ctx), unit, sddbus.All, int32(syscall.SIGKILL))
 		return nil, fmt.Errorf("writing %s: %w", recordFile, err)
 	}
@@ -209,7 +209,7 @@ func (s *Supervisor) StartVM(ctx context.Context, dir string, argv []string, log
 // same main pid.
 func (s *Supervisor) Adopt(life context.Context, dir string) (qemu.Process, bool, error) {
 	var rec record
-	if err := readJSON(filepath.Join(dir, recordFile), &rec); err != nil {
+	if err := vmproc.ReadJSON(filepath.Join(dir, recordFile), &rec); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, false, nil
 		}
@@ -506,7 +506,7 @@ func appendJournal(logPath string, match ...string) {
 // later run of the VM may have replaced it).
 func removeRecord(dir, invocation string) {
 	var rec record
-	if readJSON(filepath.Join(dir, recordFile), &rec) == nil && rec.InvocationID == invocation {
+	if vmproc.ReadJSON(filepath.Join(dir, recordFile), &rec) == nil && rec.InvocationID == invocation {
 		os.Remove(filepath.Join(dir, recordFile))
 	}
 }
@@ -527,25 +527,4 @@ func signalName(s syscall.Signal) string {
 		return "SIGHUP"
 	}
 	return fmt.Sprintf("signal %d", int(s))
-}
-
-// writeJSON writes v to path atomically (temp file, then rename).
-func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o640); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func readJSON(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(b, v)
 }
