@@ -7,7 +7,7 @@ BIN := $(CURDIR)/.bin
 PROTO_DIR := proto/blixardpb
 GO_TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all build test verify proto proto-check bench deps guest demo clean
+.PHONY: all build test verify proto proto-check bench deps guest demo demo-stop clean
 
 all: build
 
@@ -56,9 +56,14 @@ verify: proto-check
 	@go mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (run go mod tidy)"; go mod tidy -diff; exit 1; }
 	@echo verify: ok
 
-## demo: a local 3-node cluster in its own network namespace booting real microVMs.
-demo: deps build
+## demo: a local 3-node cluster in its own network namespace booting real microVMs; it shows a
+## failover and leaves the cluster running (scripts/demo.sh installs qemu, iptables and the guest).
+demo: build
 	./scripts/demo.sh
+
+## demo-stop: stop the cluster `make demo` left running (VMs, nodes, namespace).
+demo-stop:
+	./scripts/demo.sh --clean
 
 clean:
 	rm -rf bin .bin build

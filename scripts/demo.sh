@@ -5,9 +5,14 @@
 # (qemu driver, --accel auto: TCG where KVM is missing or cannot boot), the guests' TAPs, routes
 # and iptables chains, the CLI and the HTTP requests to the guests. No traffic leaves it.
 #
-#   scripts/demo.sh          build if needed, run the demo, clean everything up
-#   scripts/demo.sh --keep   leave the cluster and its VMs running in the namespace (even on failure)
-#   scripts/demo.sh --clean  stop what a --keep run left (VMs, nodes, namespace)
+#   scripts/demo.sh          build if needed, run the demo, leave the cluster running (make demo)
+#   scripts/demo.sh --clean  stop the cluster a demo left: VMs, nodes, namespace (make demo-stop)
+#   scripts/demo.sh --once   run the demo, then clean everything up (also on failure)
+#
+# The demo forms a 3-node cluster, creates three VMs in two tenants that boot for real, fetches
+# a page from each guest over its routed address, then simulates losing the host of one VM (the
+# node agent and that host's qemu processes are SIGKILLed) and shows the VM come back on another
+# node with the same address. The two surviving nodes keep running for you to try the CLI.
 #
 # Needs root on a Debian-like host. The guest kernel and initramfs (and qemu) come from
 # scripts/guest.sh (make guest), which this runs if needed; iptables is installed if missing.
@@ -32,17 +37,17 @@ fail() {
 in_ns() { ip netns exec "$ns" "$@"; }
 cli() { in_ns "$bin" --addr "$addrs" "$@"; }
 
-mode=run
+mode=keep
 case "${1:-}" in
-"") ;;
---keep) mode=keep ;;
+"" | --keep) ;;
+--once) mode=once ;;
 --clean) mode=clean ;;
 -h | --help)
-	sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 	exit 0
 	;;
 *)
-	echo "usage: scripts/demo.sh [--keep | --clean]" >&2
+	echo "usage: scripts/demo.sh [--clean | --once]" >&2
 	exit 2
 	;;
 esac
@@ -109,10 +114,15 @@ finish() {
 		((status == 0)) || echo "demo: failed (exit $status); node logs are in $demo/node*.log" >&2
 		cat <<EOF
 
-The cluster keeps running in network namespace $ns. Try:
-  ip netns exec $ns $bin --addr $addrs vm list
-  ip netns exec $ns curl http://<vm ip>/
-Stop it with: scripts/demo.sh --clean
+The cluster keeps running in network namespace $ns (node logs: $demo/node*.log). Try:
+  alias bx='ip netns exec $ns $bin --addr $addrs'
+  bx cluster status
+  bx vm list
+  bx vm create red1 --tenant red --memory 128 --kernel ${kernel:-build/guest/vmlinux} --initrd ${initrd:-build/guest/initrd.img} --wait
+  bx vm logs red1 -n 20
+  bx vm stop blue2 --wait; bx vm start blue2 --wait
+  bx vm delete red1 --wait
+Stop it (VMs, nodes and the namespace) with: make demo-stop
 EOF
 		exit "$status"
 	fi
@@ -171,6 +181,7 @@ for i in 1 2 3; do
 		--driver qemu --accel auto --vcpus 2 --memory-mb 1024 \
 		--stop-vms-on-exit --log-format json >"$demo/node$i.log" 2>&1 &
 	echo $! >"$demo/node$i.pid"
+	disown # no "Killed" job notice when the failover step kills it
 	echo "node $i: pid $!, api 127.0.0.1:$base"
 done
 for n in $(seq 1 150); do
@@ -237,3 +248,49 @@ done
 say "blixard vm logs ${vms[0]} -n 8 (the guest's serial console)"
 cli vm logs "${vms[0]}" -n 8
 cli vm logs "${vms[0]}" -n 0 | grep -m1 BLIXARD-GUEST-READY >/dev/null || fail "no READY marker in the log"
+
+# --- failover: lose the host of one VM -----------------------------------------------------------
+victim=${vms[0]}
+vmjson() { cli vm status "$victim" -o json; }
+field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\}.*/\1/p" | head -n1; }
+dead=$(vmjson | field node_id)
+[[ -n $dead ]] || fail "no node for $victim"
+victim_ip=$(vmjson | field ip)
+say "simulating the loss of node $dead, the host of $victim: SIGKILL its agent and its qemu processes"
+# Only the agent dies, not a whole machine, so the qemu processes that host ran are killed too
+# (they are the ones whose command line names the node's data dir).
+kill -KILL "$(cat "$demo/node$dead.pid")"
+rm -f "$demo/node$dead.pid"
+for pid in $(pgrep -f "$demo/node$dead/" || true); do
+	[[ $(cat "/proc/$pid/comm" 2>/dev/null) == qemu-system-* ]] && kill -KILL "$pid" && echo "killed qemu pid $pid"
+done
+lost=$SECONDS
+addrs=$(echo "$addrs" | tr ',' '\n' | grep -v "^127.0.0.1:$((7001 + (dead - 1) * 10))$" | paste -sd,)
+echo "waiting for gossip to declare node $dead dead and for $victim to run elsewhere"
+for n in $(seq 1 300); do
+	j=$(vmjson 2>/dev/null || true)
+	node=$(field node_id <<<"$j")
+	status=$(field status <<<"$j")
+	if [[ -n $node && $node != "$dead" && $status == running ]]; then
+		break
+	fi
+	((n < 300)) || fail "$victim did not come back within 60 s (node '$node', status '$status')"
+	sleep 0.2
+done
+echo "$victim running on node $node after $((SECONDS - lost)) s"
+for n in $(seq 1 180); do
+	cli vm logs "$victim" -n 0 2>/dev/null | grep -q BLIXARD-GUEST-READY && break
+	((n < 180)) || fail "$victim never printed BLIXARD-GUEST-READY on node $node"
+	sleep 0.5
+done
+for n in $(seq 1 20); do
+	page=$(get "$victim_ip" 2>/dev/null) && [[ -n $page ]] && break
+	((n < 20)) || fail "no HTTP answer from $victim at $victim_ip after failover"
+	sleep 0.5
+done
+echo "$victim back at http://$victim_ip/ after $((SECONDS - lost)) s: $page"
+say "blixard cluster status (node $dead is down)"
+cli cluster status
+say "blixard vm list"
+cli vm list
+say "demo finished in $((SECONDS - start)) s"
