@@ -44,6 +44,7 @@ type runFlags struct {
 	stopVMsOnExit  bool
 	noNetwork      bool
 	subnet         string
+	metricsAddr    string
 	gossip         gossipFlags
 }
 
@@ -119,6 +120,7 @@ fake driver.`,
 	fl.DurationVar(&f.gossip.gossipInterval, "gossip-interval", membership.DefaultGossipInterval, "interval of gossip messages")
 	fl.IntVar(&f.gossip.expect, "bootstrap-expect", 0, "form a new cluster once this many fresh nodes started with the same value see each other by gossip (with --join; the lowest node ids become the initial voters)")
 	fl.BoolVar(&f.gossip.leaveOnExit, "leave-on-exit", false, "on SIGINT/SIGTERM leave the cluster for good: stop this node's VMs (the cluster re-places them), remove its node record and Raft replica; the node id can never rejoin")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "host:port of an HTTP endpoint with Prometheus metrics (/metrics) and Go profiles (/debug/pprof/); empty: none")
 	fl.BoolVar(&f.stopVMsOnExit, "stop-vms-on-exit", false, "stop this node's VMs when the agent exits (default: leave them running for the next start to adopt)")
 	return cmd
 }
@@ -318,6 +320,15 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 		}
 		mem = m
 	}
+	var metrics *metricsServer
+	if f.metricsAddr != "" {
+		m, err := listenMetrics(f.metricsAddr, log)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		metrics = m
+	}
 
 	driver, err := newDriver(f, dataDir, log)
 	if err != nil {
@@ -373,6 +384,9 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 			c.Close()
 		}
 		return err
+	}
+	if metrics != nil {
+		metrics.watchNode(f.nodeID, node, driver)
 	}
 	left := false
 	select {
