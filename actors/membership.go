@@ -32,10 +32,13 @@ type raftMembershipChanger interface {
 
 // Defaults of the membership controller (NodeConfig).
 const (
-	DefaultMaxVoters  = 5
-	DefaultDownGrace  = 4 * time.Second
-	membershipTick    = 200 * time.Millisecond
-	gossipRejoinEvery = 2 * time.Second
+	DefaultMaxVoters = 5
+	DefaultDownGrace = 4 * time.Second
+	// DefaultDeadVoterGrace is how long a voter stays down before a
+	// caught-up non-voting member may take its place.
+	DefaultDeadVoterGrace = 30 * time.Second
+	membershipTick        = 200 * time.Millisecond
+	gossipRejoinEvery     = 2 * time.Second
 )
 
 // runMembership is the node's membership loop. On every node it re-joins
@@ -129,7 +132,7 @@ func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since tim
 	}
 	view := membershipView{
 		Self: n.cfg.NodeID, Now: time.Now(), Since: since,
-		DownGrace: n.cfg.DownGrace, MaxVoters: n.cfg.MaxVoters,
+		DownGrace: n.cfg.DownGrace, DeadVoterGrace: n.cfg.DeadVoterGrace, MaxVoters: n.cfg.MaxVoters,
 		Gossip: g.Members(), Raft: rm, Nodes: nodes,
 	}
 	for _, a := range planMembership(view) {
@@ -163,6 +166,17 @@ func (n *Node) doMembershipAction(ctx context.Context, g Gossip, changer raftMem
 			RequestId: fmt.Sprintf("gossip-status-%d-%d-%s", a.NodeID, a.Status, nodeRandomHex(6)),
 			Op:        &blixardpb.Command_SetNodeStatus{SetNodeStatus: &blixardpb.SetNodeStatus{NodeId: a.NodeID, Status: a.Status}},
 		})
+	case actRemoveNode:
+		return n.proposeNode(ctx, &blixardpb.Command{
+			RequestId: fmt.Sprintf("replace-voter-%d-%s", a.NodeID, nodeRandomHex(6)),
+			Op:        &blixardpb.Command_RemoveNode{RemoveNode: &blixardpb.RemoveNode{NodeId: a.NodeID}},
+		})
+	case actRemoveReplica:
+		remover, ok := n.replica.(raftRemover)
+		if !ok {
+			return errors.New("the replica cannot remove members")
+		}
+		return remover.RemoveReplica(ctx, a.NodeID)
 	case actReply:
 		return g.SendTo(a.NodeID, a.Reply.Encode())
 	}

@@ -26,10 +26,13 @@ type membershipView struct {
 	// with no gossip member at all counts as dead from then on.
 	Since     time.Time
 	DownGrace time.Duration
-	MaxVoters int
-	Gossip    []membership.Member
-	Raft      consensus.Membership
-	Nodes     []*blixardpb.NodeRecord
+	// DeadVoterGrace is how long a voter must be down (its record down,
+	// gone from gossip) before a caught-up non-voting member may replace it.
+	DeadVoterGrace time.Duration
+	MaxVoters      int
+	Gossip         []membership.Member
+	Raft           consensus.Membership
+	Nodes          []*blixardpb.NodeRecord
 }
 
 type membershipActionKind int
@@ -40,6 +43,10 @@ const (
 	actAddNonVoting
 	actSetStatus
 	actReply
+	// actRemoveNode removes a replaced voter's node record (RemoveNode)
+	// and actRemoveReplica its Raft replica.
+	actRemoveNode
+	actRemoveReplica
 )
 
 // membershipAction is one change the leader makes; every action is
@@ -66,6 +73,10 @@ func (a membershipAction) String() string {
 		return fmt.Sprintf("add non-voting %d at %s", a.NodeID, a.Addr)
 	case actSetStatus:
 		return fmt.Sprintf("set node %d %s", a.NodeID, consensus.NodeStatusName(a.Status))
+	case actRemoveNode:
+		return fmt.Sprintf("remove node record %d", a.NodeID)
+	case actRemoveReplica:
+		return fmt.Sprintf("remove voter %d", a.NodeID)
 	case actReply:
 		if a.Reply.Error != "" {
 			return fmt.Sprintf("refuse node %d: %s", a.NodeID, a.Reply.Error)
@@ -87,6 +98,17 @@ func (a membershipAction) String() string {
 //     first. A member thus votes only once it has caught up: a joiner
 //     that never comes up cannot cost the cluster its quorum (adding a
 //     second voter to a single node would otherwise need both);
+//   - a voter that has been down for DeadVoterGrace (its record down, the
+//     member dead, left or never seen in gossip) is replaced when a live,
+//     caught-up non-voting member can take its seat: its record and its
+//     replica are removed first, then the member is promoted. Adding a
+//     voter beside a dead one would raise the quorum without adding a
+//     live vote (3 voters with one dead tolerate no further loss, nor do
+//     4 with one dead); replacing it restores the tolerance. Without a
+//     replacement a dead voter stays, since it may come back; once
+//     removed its id can never rejoin (Raft never reuses ids), exactly as
+//     after `cluster leave`. Consul's autopilot cleans up dead servers the
+//     same way;
 //   - a joining member whose id was removed from Raft is refused;
 //   - a member dead or gone for DownGrace (with a node record but never
 //     seen: for twice DownGrace after Since) is set down, which re-places
@@ -120,6 +142,7 @@ func planMembership(v membershipView) []membershipAction {
 		ids = append(ids, id)
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	dead := deadVoters(v, records, seen)
 
 	for _, id := range ids {
 		m := seen[id]
@@ -156,6 +179,13 @@ func planMembership(v membershipView) []membershipAction {
 				role = RoleNonVoting
 			}
 			out = append(out, membershipAction{Kind: actReply, NodeID: id, Reply: membership.JoinReply{NodeID: id, Role: role}})
+		case isNonVoting && m.State == membership.StateAlive && !m.Leaving && m.RaftAddr != "" && len(dead) > 0:
+			d := dead[0]
+			dead = dead[1:]
+			why := fmt.Sprintf("voter %d down for over %s; replaced by node %d", d, v.DeadVoterGrace, id)
+			out = append(out, membershipAction{Kind: actRemoveNode, NodeID: d, Why: why},
+				membershipAction{Kind: actRemoveReplica, NodeID: d, Why: why},
+				membershipAction{Kind: actAddVoter, NodeID: id, Addr: v.Raft.NonVoting[id], Why: fmt.Sprintf("caught up; replaces dead voter %d", d)})
 		case isNonVoting && voters < maxVoters && m.State == membership.StateAlive && !m.Leaving && m.RaftAddr != "":
 			voters++
 			out = append(out, membershipAction{Kind: actAddVoter, NodeID: id, Addr: v.Raft.NonVoting[id], Why: "caught up; fewer voters than the maximum"})
@@ -204,6 +234,34 @@ func planMembership(v membershipView) []membershipAction {
 			out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_DOWN, Why: why})
 		}
 	}
+	return out
+}
+
+// deadVoters are the voters, lowest id first, that may be replaced: not
+// this node, their record down, gone from gossip (dead, left or never
+// seen) for at least DeadVoterGrace. A zero DeadVoterGrace replaces none.
+func deadVoters(v membershipView, records map[uint64]*blixardpb.NodeRecord, seen map[uint64]membership.Member) []uint64 {
+	if v.DeadVoterGrace <= 0 {
+		return nil
+	}
+	var out []uint64
+	for id := range v.Raft.Voters {
+		r := records[id]
+		if id == v.Self || r == nil || r.GetStatus() != blixardpb.NodeStatus_NODE_STATUS_DOWN {
+			continue
+		}
+		goneSince := v.Since.Add(v.DownGrace)
+		if m, ok := seen[id]; ok {
+			if m.State != membership.StateDead && m.State != membership.StateLeft {
+				continue
+			}
+			goneSince = m.Since
+		}
+		if v.Now.Sub(goneSince) >= v.DeadVoterGrace {
+			out = append(out, id)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
 

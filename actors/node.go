@@ -98,6 +98,11 @@ type NodeConfig struct {
 	// DownGrace is how long a member stays dead in gossip before the
 	// leader sets it down and its VMs are re-placed (default 4 s).
 	DownGrace time.Duration
+	// DeadVoterGrace is how long a voter must be down before the leader
+	// replaces it with a caught-up non-voting member (removing its record
+	// and replica; its id can never rejoin). Zero means
+	// DefaultDeadVoterGrace; negative never replaces.
+	DeadVoterGrace time.Duration
 	// FenceTimeout, when positive, enables self-fencing (actors/fence.go):
 	// after that long without confirmed quorum contact the node stops its
 	// VMs. It must be shorter than gossip detection plus DownGrace.
@@ -167,6 +172,9 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	}
 	if cfg.DownGrace <= 0 {
 		cfg.DownGrace = DefaultDownGrace
+	}
+	if cfg.DeadVoterGrace == 0 {
+		cfg.DeadVoterGrace = DefaultDeadVoterGrace
 	}
 	if cfg.FenceStopGrace <= 0 {
 		cfg.FenceStopGrace = DefaultFenceStopGrace

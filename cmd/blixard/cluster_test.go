@@ -25,7 +25,7 @@ import (
 // commands change nothing.
 
 // buildBinary compiles cmd/blixard (without -race, to keep it fast).
-func buildBinary(t *testing.T) string {
+func buildBinary(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "blixard")
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
@@ -43,7 +43,7 @@ func buildBinary(t *testing.T) string {
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ls []net.Listener
 	var ports []int
@@ -191,7 +191,7 @@ func (c *testCluster) mustCLI(args ...string) string {
 
 // waitUntil polls cond until it returns true or the deadline passes;
 // cond's string says what it saw last.
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+func waitUntil(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	var last string

@@ -671,3 +671,46 @@ func TestLeaderLeaves(t *testing.T) {
 		return runningOnce(t, vms, c.nodes)
 	})
 }
+
+// A voter that stays down is replaced by a caught-up non-voting member
+// (--dead-voter-grace): its record and replica go, the non-voting member
+// votes, and the cluster again tolerates the loss of one more voter.
+func TestDeadVoterReplaced(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test: builds the binary and runs four nodes")
+	}
+	bin := buildBinary(t)
+	c := newJoinCluster(t, bin, 4)
+	n1, n2, n3, n4 := c.nodes[0], c.nodes[1], c.nodes[2], c.nodes[3]
+	opts := []string{"--max-voters", "3", "--dead-voter-grace", "2s"}
+	c.startJoin(n1, "", opts...)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true})
+	c.startJoin(n2, n1.gossip, opts...)
+	c.startJoin(n3, n1.gossip, opts...)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true})
+	c.startJoin(n4, n1.gossip, opts...)
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 3: true, 4: false})
+
+	c.kill(n3)
+	killed := time.Now()
+	c.waitMembers(n1.api, time.Minute, map[uint64]bool{1: true, 2: true, 4: true})
+	t.Logf("MEASURE voter 3 killed -> replaced by node 4: %s", time.Since(killed).Round(time.Millisecond))
+
+	// With voters 1, 2, 4 all alive, losing one more still leaves a quorum.
+	c.kill(n2)
+	addrs := n1.api + "," + n4.api
+	waitUntil(t, time.Minute, "a write with voter 2 also gone", func() (bool, string) {
+		out, errOut, code := c.cli("--addr", addrs, "vm", "create", "after", "--no-start")
+		return code == 0, out + errOut
+	})
+	// Node 3's record went with its replica.
+	st, ok := c.status(n1.api)
+	if !ok {
+		t.Fatal("no cluster status from node 1")
+	}
+	for _, n := range st.Nodes {
+		if n.ID == 3 {
+			t.Fatalf("node 3's record is still listed after its replacement: %+v", st)
+		}
+	}
+}

@@ -53,6 +53,7 @@ type gossipFlags struct {
 	keyFile        string
 	maxVoters      int
 	downGrace      time.Duration
+	deadVoterGrace time.Duration
 	fenceTimeout   time.Duration
 	probeInterval  time.Duration
 	probeTimeout   time.Duration
@@ -60,6 +61,15 @@ type gossipFlags struct {
 	gossipInterval time.Duration
 	leaveOnExit    bool
 	expect         int
+}
+
+// nodeDeadVoterGrace is --dead-voter-grace as NodeConfig takes it: there
+// zero means the default and a negative value never.
+func (g gossipFlags) nodeDeadVoterGrace() time.Duration {
+	if g.deadVoterGrace == 0 {
+		return -1
+	}
+	return g.deadVoterGrace
 }
 
 func (a *app) runCmd() *cobra.Command {
@@ -113,6 +123,7 @@ fake driver.`,
 	fl.StringVar(&f.gossip.keyFile, "gossip-key-file", "", "file holding the shared gossip encryption key (16, 24 or 32 bytes; raw, base64 or hex); every member needs the same key")
 	fl.IntVar(&f.gossip.maxVoters, "max-voters", actors.DefaultMaxVoters, "most Raft voters: joiners enter as non-voting and are promoted once caught up while voters are fewer")
 	fl.DurationVar(&f.gossip.downGrace, "down-grace", actors.DefaultDownGrace, "how long a member stays dead in gossip before it is set down and its VMs re-placed (must exceed --fence-timeout)")
+	fl.DurationVar(&f.gossip.deadVoterGrace, "dead-voter-grace", actors.DefaultDeadVoterGrace, "how long a Raft voter stays down before the leader replaces it with a caught-up non-voting member (its record and replica are removed; the id can never rejoin); 0 never replaces")
 	fl.DurationVar(&f.gossip.fenceTimeout, "fence-timeout", actors.DefaultFenceTimeout, "stop this node's VMs after this long without contact with a Raft quorum (0 disables self-fencing)")
 	fl.DurationVar(&f.gossip.probeInterval, "gossip-probe-interval", membership.DefaultProbeInterval, "gossip failure-detection probe interval")
 	fl.DurationVar(&f.gossip.probeTimeout, "gossip-probe-timeout", membership.DefaultProbeTimeout, "gossip probe timeout (an RTT bound)")
@@ -185,6 +196,9 @@ func (f *runFlags) check(cmd *cobra.Command) (nodeSetup, error) {
 	}
 	if f.gossip.downGrace <= 0 || f.gossip.fenceTimeout < 0 || f.gossip.probeInterval <= 0 || f.gossip.probeTimeout <= 0 || f.gossip.gossipInterval <= 0 || f.gossip.suspicionMult < 1 {
 		return s, usagef("gossip timings must be positive (--fence-timeout may be 0 to disable fencing)")
+	}
+	if f.gossip.deadVoterGrace < 0 {
+		return s, usagef("invalid --dead-voter-grace %s: must be positive, or 0 to never replace dead voters", f.gossip.deadVoterGrace)
 	}
 	if f.gossip.fenceTimeout > 0 && f.gossip.fenceTimeout >= f.gossip.downGrace {
 		return s, usagef("--fence-timeout %s must be shorter than --down-grace %s: a node must stop its VMs before the cluster re-places them", f.gossip.fenceTimeout, f.gossip.downGrace)
@@ -371,13 +385,14 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 				OnRestore:      onRestore,
 			})
 		},
-		StopVMsOnExit: f.stopVMsOnExit,
-		VMs:           actors.VMSupervisorConfig{Gateway: vmGateway(f.subnet)},
-		Gossip:        gossip,
-		GossipEvents:  gossip.events,
-		MaxVoters:     f.gossip.maxVoters,
-		DownGrace:     f.gossip.downGrace,
-		FenceTimeout:  f.gossip.fenceTimeout,
+		StopVMsOnExit:  f.stopVMsOnExit,
+		VMs:            actors.VMSupervisorConfig{Gateway: vmGateway(f.subnet)},
+		Gossip:         gossip,
+		GossipEvents:   gossip.events,
+		MaxVoters:      f.gossip.maxVoters,
+		DownGrace:      f.gossip.downGrace,
+		DeadVoterGrace: f.gossip.nodeDeadVoterGrace(),
+		FenceTimeout:   f.gossip.fenceTimeout,
 	})
 	if err != nil {
 		if c, ok := driver.(actors.DriverCloser); ok {
