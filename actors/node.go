@@ -21,6 +21,9 @@ import (
 	"github.com/blixard/blixard/proto/blixardpb"
 )
 
+// endpointQueueSize is the initial queue of each remote endpoint writer.
+const endpointQueueSize = 1024
+
 // NodeReplica is what the node root needs from its consensus replica;
 // *consensus.Replica satisfies it.
 type NodeReplica interface {
@@ -194,7 +197,11 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	log := cfg.Logger.With("node", cfg.NodeID)
 	paLog := slog.New(minLevelHandler{h: cfg.Logger.Handler(), min: slog.LevelWarn}).With("lib", "protoactor")
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return paLog }))
-	rcfg := remote.Configure(host, port, remote.WithAdvertisedHost(advertise))
+	// Each peer (every CLI invocation is one) gets an endpoint writer whose
+	// queue starts at EndpointWriterQueueSize: protoactor's default of a
+	// million preallocates 16 MiB per peer. The queue grows as needed.
+	rcfg := remote.Configure(host, port, remote.WithAdvertisedHost(advertise),
+		remote.WithEndpointWriterQueueSize(endpointQueueSize))
 	// Fail fast on a peer that is down instead of redialling it for 10 s.
 	rcfg.MaxRetryCount = 2
 	r := remote.NewRemote(system, rcfg)

@@ -113,7 +113,9 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 	}
 	logger := o.logger
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return logger }))
-	cfg := remote.Configure(host, port)
+	// protoactor's default endpoint queue (a million entries, 16 MiB
+	// preallocated per node connected to) grows on demand from this size.
+	cfg := remote.Configure(host, port, remote.WithEndpointWriterQueueSize(1024))
 	// A node that is down must fail the attempt quickly instead of being
 	// redialled for seconds inside protoactor.
 	cfg.MaxRetryCount = 1
