@@ -110,6 +110,15 @@ type ReplicaConfig struct {
 	// state. Same rules as OnEffects: non-blocking, no synchronous calls
 	// back into the Replica.
 	OnRestore func()
+
+	// TransportFactory, when set, replaces dragonboat's TCP transport
+	// (the simulator passes an in-process one that injects faults);
+	// RaftAddr is then whatever address that transport understands.
+	// FS, when set, is the filesystem of the Raft log and snapshots
+	// (dragonboat's Expert.FS; the simulator wraps the real one to slow
+	// writes down). Both default to dragonboat's own.
+	TransportFactory dbconfig.TransportFactory
+	FS               dbconfig.IFS
 }
 
 func (c *ReplicaConfig) setDefaults() error {
@@ -166,7 +175,9 @@ func (c *ReplicaConfig) nodeHostConfig(events *raftEvents) dbconfig.NodeHostConf
 		RaftEventListener:   events,
 		SystemEventListener: events,
 		Expert: dbconfig.ExpertConfig{
-			LogDB: raftLogDBConfig(),
+			LogDB:            raftLogDBConfig(),
+			TransportFactory: c.TransportFactory,
+			FS:               c.FS,
 		},
 	}
 }
