@@ -50,6 +50,10 @@ type Config struct {
 	Plant simbug.Bug
 	// CheckLeaks compares goroutines before and after the run.
 	CheckLeaks bool
+	// NoMigrate leaves MigrateVm out of the workload (see
+	// TestMigrateRunsTwoCopies: a migration starts the new copy before
+	// the old one stopped).
+	NoMigrate bool
 }
 
 func (c *Config) defaults() error {
@@ -141,7 +145,11 @@ func (r *Report) Failed() []string {
 
 // Print writes the human report.
 func (r *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "seed %d: %d nodes, %d clients, %d ops, faults %s, plant %s\n", r.Seed, r.Config.Nodes, r.Config.Clients, r.Config.Ops, r.Config.Faults, plantName(r.Config.Plant))
+	mig := ""
+	if r.Config.NoMigrate {
+		mig = ", no migrate"
+	}
+	fmt.Fprintf(w, "seed %d: %d nodes, %d clients, %d ops%s, faults %s, plant %s\n", r.Seed, r.Config.Nodes, r.Config.Clients, r.Config.Ops, mig, r.Config.Faults, plantName(r.Config.Plant))
 	fmt.Fprintf(w, "  fault schedule: %d windows drawn, %d injected (crashes %d); messages sent %d, dropped %d, delayed %d, held %d\n",
 		len(r.Schedule), r.Injected, r.Crashes, r.Messages.Sent, r.Messages.Dropped, r.Messages.Delayed, r.Messages.Held)
 	for i, e := range r.Schedule {
@@ -263,7 +271,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			(&client{id: i, seed: cfg.Seed, c: c, h: h}).run(phase, ops)
+			(&client{id: i, seed: cfg.Seed, c: c, h: h, noMigrate: cfg.NoMigrate}).run(phase, ops)
 		}()
 	}
 	wg.Wait()

@@ -38,3 +38,10 @@ func TestRunWithoutFaults(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { os.Exit(m.Run()) }
+
+func TestRunWithAllFaults(t *testing.T) {
+	rep := runOnce(t, Config{Seed: 2, Nodes: 5, Clients: 6, Ops: 300, Faults: AllFaults, Duration: 8 * time.Second, CheckLeaks: true})
+	if !rep.OK() {
+		t.Fatalf("seed 2 failed: %v (files %v)", rep.Failed(), rep.Files)
+	}
+}

@@ -60,6 +60,8 @@ type client struct {
 	c    *cluster
 	h    *history
 	rng  *rand.Rand
+	// noMigrate draws no migrations (their share goes to gets).
+	noMigrate bool
 }
 
 // run issues up to ops operations, one at a time, until ctx ends.
@@ -75,12 +77,15 @@ func (cl *client) run(ctx context.Context, ops int) {
 		for ; r >= opWeights[kind]; kind++ {
 			r -= opWeights[kind]
 		}
+		if kind == OpMigrate && cl.noMigrate {
+			kind = OpGet
+		}
 		in := opInput{Kind: kind, Name: vmName(cl.rng.IntN(numVMNames))}
 		if kind == OpCreate {
 			in.NoStart = cl.rng.IntN(4) == 0
 		}
 		first := uint64(cl.rng.IntN(len(cl.c.nodes))) + 1
-		target := uint64(cl.rng.IntN(len(cl.c.nodes)+1)) // 0: let the cluster choose
+		target := uint64(cl.rng.IntN(len(cl.c.nodes) + 1)) // 0: let the cluster choose
 		reqID := fmt.Sprintf("sim-%d-c%d-%d", cl.seed, cl.id, i)
 		cl.do(ctx, in, reqID, first, target)
 	}
