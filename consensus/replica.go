@@ -115,8 +115,10 @@ type ReplicaConfig struct {
 	// (the simulator passes an in-process one that injects faults);
 	// RaftAddr is then whatever address that transport understands.
 	// FS, when set, is the filesystem of the Raft log and snapshots
-	// (dragonboat's Expert.FS; the simulator wraps the real one to slow
-	// writes down). Both default to dragonboat's own.
+	// (dragonboat's Expert.FS, for example its in-memory test FS). Both
+	// default to dragonboat's own. Note: a type wrapping the OS
+	// filesystem makes dragonboat's NewNodeHost fail (StartReplica then
+	// reports it), so the simulator does not slow disk writes.
 	TransportFactory dbconfig.TransportFactory
 	FS               dbconfig.IFS
 }
@@ -270,6 +272,12 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 	nh, err := dragonboat.NewNodeHost(cfg.nodeHostConfig(events))
 	if err != nil {
 		return nil, fmt.Errorf("starting raft node host on %s: %w", cfg.RaftAddr, err)
+	}
+	if nh == nil {
+		// NewNodeHost recovers some panics and then returns neither a
+		// node host nor an error (seen with a custom FS wrapping the OS
+		// filesystem).
+		return nil, fmt.Errorf("starting raft node host on %s: dragonboat failed without an error (custom FS or transport?)", cfg.RaftAddr)
 	}
 	closing, stopClosing := context.WithCancel(context.Background())
 	r := &Replica{
