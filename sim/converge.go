@@ -66,7 +66,7 @@ func (c *cluster) convergedOnce(ctx context.Context) (problems []string, state f
 			problems = append(problems, fmt.Sprintf("node %d down", n.id))
 			continue
 		}
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		var h stateHash
 		var herr error
 		var vms []*blixardpb.VmRecord
