@@ -67,3 +67,21 @@ demo-stop:
 
 clean:
 	rm -rf bin .bin build
+
+## sim: the simulation harness on a fixed set of seeds (CI), then the
+## planted-bug test that proves each checker can fail. SIM_FLAGS adds flags.
+SIM_SEEDS ?= 12
+SIM_FLAGS ?=
+.PHONY: sim soak
+sim: build
+	./bin/blixard sim --seed 1 --runs $(SIM_SEEDS) --nodes 5 --clients 6 --ops 300 --faults all \
+		--no-migrate --check-leaks --report-dir sim-reports $(SIM_FLAGS)
+	go test -tags simbugs -count=1 -run 'TestPlantedBugsAreCaught' ./sim/
+
+## soak: many more seeds (SOAK_RUNS, from SOAK_SEED); logs to SOAK_LOG.
+SOAK_RUNS ?= 1000
+SOAK_SEED ?= 100000
+SOAK_LOG ?= /tmp/blixard-soak.log
+soak: build
+	./bin/blixard sim --seed $(SOAK_SEED) --runs $(SOAK_RUNS) --nodes 5 --clients 6 --ops 300 --faults all \
+		--no-migrate --report-dir sim-reports $(SIM_FLAGS) 2>&1 | tee $(SOAK_LOG)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/blixard/blixard/consensus"
+	"github.com/blixard/blixard/internal/simbug"
 	"github.com/blixard/blixard/microvm"
 	"github.com/blixard/blixard/proto/blixardpb"
 )
@@ -303,6 +304,17 @@ func (a *apiActor) propose(ctx context.Context, requestID string, cmd *blixardpb
 		return nil, apiInvalid("request id is longer than %d bytes", consensus.MaxRequestID)
 	}
 	cmd.RequestId = requestID
+	if simbug.On(simbug.AckBeforeCommit) {
+		// Planted bug: answer success now, commit (maybe) later.
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, a.cfg.ProposeTimeout)
+			defer cancel()
+			_, _ = a.cfg.Replica.Propose(pctx, cmd)
+		}()
+		return &blixardpb.Result{}, nil
+	}
 	pctx, cancel := context.WithTimeout(ctx, a.cfg.ProposeTimeout)
 	defer cancel()
 	res, err := a.cfg.Replica.Propose(pctx, cmd)

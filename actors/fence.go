@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/consensus"
+	"github.com/blixard/blixard/internal/simbug"
 )
 
 // Defaults of self-fencing (NodeConfig.FenceTimeout, FenceStopGrace).
@@ -58,6 +59,9 @@ func (n *Node) runFence() {
 				n.unfence()
 			}
 			continue
+		}
+		if simbug.On(simbug.SkipFence) {
+			continue // planted bug: never fence
 		}
 		if !fenced && time.Since(lastOK) >= timeout {
 			fenced = true

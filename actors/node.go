@@ -46,6 +46,12 @@ type NodeConfig struct {
 	// remote's own address); it must reach the same listener.
 	APIAddr       string
 	AdvertiseAddr string
+	// NoRemote runs the node without a protoactor remote: nothing
+	// listens on APIAddr (it is only recorded) and the api actor is
+	// reached through its local PID (Node.API) from the same actor
+	// system or another one in the process. The simulator runs its nodes
+	// this way; log requests for VMs on other nodes then fail.
+	NoRemote bool
 	// RaftAddr and GossipAddr are recorded in the node record.
 	RaftAddr   string
 	GossipAddr string
@@ -186,37 +192,42 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	if advertise == "" {
 		advertise = cfg.APIAddr
 	}
-	host, portStr, err := net.SplitHostPort(cfg.APIAddr)
-	if err != nil {
-		return nil, fmt.Errorf("api address %q: %w", cfg.APIAddr, err)
-	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return nil, fmt.Errorf("api address %q: bad port", cfg.APIAddr)
-	}
 	log := cfg.Logger.With("node", cfg.NodeID)
 	paLog := slog.New(minLevelHandler{h: cfg.Logger.Handler(), min: slog.LevelWarn}).With("lib", "protoactor")
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return paLog }))
-	// Each peer (every CLI invocation is one) gets an endpoint writer whose
-	// queue starts at EndpointWriterQueueSize: protoactor's default of a
-	// million preallocates 16 MiB per peer. The queue grows as needed.
-	rcfg := remote.Configure(host, port, remote.WithAdvertisedHost(advertise),
-		remote.WithEndpointWriterQueueSize(endpointQueueSize))
-	// Fail fast on a peer that is down instead of redialling it for 10 s.
-	rcfg.MaxRetryCount = 2
-	r := remote.NewRemote(system, rcfg)
+	var r *remote.Remote
 	peers := &sync.Map{}
-	peerSub := system.EventStream.Subscribe(func(evt any) {
-		switch e := evt.(type) {
-		case *remote.EndpointConnectedEvent:
-			peers.Store(e.Address, struct{}{})
-		case *remote.EndpointTerminatedEvent:
-			peers.Delete(e.Address)
+	var peerSub *eventstream.Subscription
+	if !cfg.NoRemote {
+		host, portStr, err := net.SplitHostPort(cfg.APIAddr)
+		if err != nil {
+			return nil, fmt.Errorf("api address %q: %w", cfg.APIAddr, err)
 		}
-	})
-	if err := nodeStartRemote(r); err != nil {
-		system.Shutdown()
-		return nil, fmt.Errorf("listening for api requests on %s: %w", cfg.APIAddr, err)
+		port, err := strconv.Atoi(portStr)
+		if err != nil {
+			return nil, fmt.Errorf("api address %q: bad port", cfg.APIAddr)
+		}
+		// Each peer (every CLI invocation is one) gets an endpoint writer
+		// whose queue starts at EndpointWriterQueueSize: protoactor's
+		// default of a million preallocates 16 MiB per peer. The queue
+		// grows as needed.
+		rcfg := remote.Configure(host, port, remote.WithAdvertisedHost(advertise),
+			remote.WithEndpointWriterQueueSize(endpointQueueSize))
+		// Fail fast on a peer that is down instead of redialling it for 10 s.
+		rcfg.MaxRetryCount = 2
+		r = remote.NewRemote(system, rcfg)
+		peerSub = system.EventStream.Subscribe(func(evt any) {
+			switch e := evt.(type) {
+			case *remote.EndpointConnectedEvent:
+				peers.Store(e.Address, struct{}{})
+			case *remote.EndpointTerminatedEvent:
+				peers.Delete(e.Address)
+			}
+		})
+		if err := nodeStartRemote(r); err != nil {
+			system.Shutdown()
+			return nil, fmt.Errorf("listening for api requests on %s: %w", cfg.APIAddr, err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
@@ -315,6 +326,10 @@ func (n *Node) abort() {
 // end), then the outbound endpoints are terminated through the
 // still-running endpoint manager, which closes their connections.
 func (n *Node) closeRemote() {
+	if n.remote == nil {
+		n.system.Shutdown()
+		return
+	}
 	n.remote.Shutdown(false)
 	n.peers.Range(func(k, _ any) bool {
 		n.system.EventStream.Publish(&remote.EndpointTerminatedEvent{Address: k.(string)})
@@ -464,6 +479,10 @@ func (n *Node) Addr() string { return n.cfg.AdvertiseAddr }
 
 // Replica is the node's consensus replica.
 func (n *Node) Replica() NodeReplica { return n.replica }
+
+// API is the local PID of the node's api actor (with NoRemote, the only
+// way to reach it).
+func (n *Node) API() *actor.PID { return n.api }
 
 // System is the node's actor system (for tests and the simulator).
 func (n *Node) System() *actor.ActorSystem { return n.system }

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/blixard/blixard/internal/simbug"
 	"github.com/blixard/blixard/proto/blixardpb"
 )
 
@@ -65,6 +66,9 @@ func (s *State) apply(idx uint64, cmd *blixardpb.Command, fx effectFilter) (outc
 		}
 	}
 	a := applier{State: s, now: cmd.GetTimeUnixMs(), fx: fx}
+	if simbug.On(simbug.ApplyWallClock) {
+		a.now = simbug.WallClockMs() // planted bug: breaks determinism
+	}
 	out, err := a.dispatch(cmd)
 	if err != nil {
 		return outcome{err: err}, nil

@@ -110,6 +110,17 @@ type ReplicaConfig struct {
 	// state. Same rules as OnEffects: non-blocking, no synchronous calls
 	// back into the Replica.
 	OnRestore func()
+
+	// TransportFactory, when set, replaces dragonboat's TCP transport
+	// (the simulator passes an in-process one that injects faults);
+	// RaftAddr is then whatever address that transport understands.
+	// FS, when set, is the filesystem of the Raft log and snapshots
+	// (dragonboat's Expert.FS, for example its in-memory test FS). Both
+	// default to dragonboat's own. Note: a type wrapping the OS
+	// filesystem makes dragonboat's NewNodeHost fail (StartReplica then
+	// reports it), so the simulator does not slow disk writes.
+	TransportFactory dbconfig.TransportFactory
+	FS               dbconfig.IFS
 }
 
 func (c *ReplicaConfig) setDefaults() error {
@@ -166,7 +177,9 @@ func (c *ReplicaConfig) nodeHostConfig(events *raftEvents) dbconfig.NodeHostConf
 		RaftEventListener:   events,
 		SystemEventListener: events,
 		Expert: dbconfig.ExpertConfig{
-			LogDB: raftLogDBConfig(),
+			LogDB:            raftLogDBConfig(),
+			TransportFactory: c.TransportFactory,
+			FS:               c.FS,
 		},
 	}
 }
@@ -259,6 +272,12 @@ func StartReplica(cfg ReplicaConfig) (*Replica, error) {
 	nh, err := dragonboat.NewNodeHost(cfg.nodeHostConfig(events))
 	if err != nil {
 		return nil, fmt.Errorf("starting raft node host on %s: %w", cfg.RaftAddr, err)
+	}
+	if nh == nil {
+		// NewNodeHost recovers some panics and then returns neither a
+		// node host nor an error (seen with a custom FS wrapping the OS
+		// filesystem).
+		return nil, fmt.Errorf("starting raft node host on %s: dragonboat failed without an error (custom FS or transport?)", cfg.RaftAddr)
 	}
 	closing, stopClosing := context.WithCancel(context.Background())
 	r := &Replica{

@@ -95,6 +95,10 @@ type Config struct {
 	Logger    *slog.Logger
 	// Now is the clock of Member.Since (default time.Now).
 	Now func() time.Time
+	// Transport, when set, replaces memberlist's UDP/TCP transport (the
+	// simulator passes an in-process one that injects faults); BindAddr
+	// must then be an IP:port that transport answers for.
+	Transport memberlist.NodeAwareTransport
 }
 
 // Gossip is a running member of the cluster's gossip pool.
@@ -158,6 +162,9 @@ func Start(cfg Config) (*Gossip, error) {
 	// A node restarted elsewhere may take its name back once it is dead.
 	mc.DeadNodeReclaimTime = 2 * mc.ProbeInterval
 	mc.SecretKey = cfg.Key
+	if cfg.Transport != nil {
+		mc.Transport = cfg.Transport
+	}
 	mc.Delegate = (*delegate)(g)
 	mc.Events = (*events)(g)
 	mc.Conflict = (*conflicts)(g)

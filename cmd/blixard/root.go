@@ -107,7 +107,7 @@ any node with 'blixard vm ...'.`,
 		}
 		return nil
 	}
-	root.AddCommand(a.runCmd(), a.vmCmd(), a.clusterCmd(), a.nodeCmd(), a.benchCmd(), a.versionCmd())
+	root.AddCommand(a.runCmd(), a.vmCmd(), a.clusterCmd(), a.nodeCmd(), a.benchCmd(), a.simCmd(), a.versionCmd())
 	return root
 }
 

@@ -94,14 +94,21 @@ func WithClock(c Clock) Option { return func(d *Driver) { d.clock = c } }
 // WithNodeID tags the driver's log lines with a node id (for the sim).
 func WithNodeID(id uint64) Option { return func(d *Driver) { d.nodeID = id } }
 
+// WithRunObserver calls f with a copy of a run each time one starts and
+// each time one ends (StoppedAt set), destroyed VMs included; the
+// simulator keeps the full history from it. f is called with the
+// driver's lock held: it must return at once and not call the driver.
+func WithRunObserver(f func(Run)) Option { return func(d *Driver) { d.observe = f } }
+
 // maxRunsKept bounds the run history kept (and persisted) per VM.
 const maxRunsKept = 64
 
 // Driver is the fake microVM driver. It is safe for concurrent use.
 type Driver struct {
-	dir    string
-	clock  Clock
-	nodeID uint64
+	dir     string
+	clock   Clock
+	nodeID  uint64
+	observe func(Run)
 
 	mu           sync.Mutex
 	vms          map[string]*vm
@@ -360,6 +367,9 @@ func (d *Driver) Start(ctx context.Context, spec microvm.Spec) (microvm.Instance
 	v.exited = make(chan struct{})
 	d.starts[spec.Name]++
 	d.logf(spec.Name, v, "started %s (run %d)", spec.Name, seq)
+	if d.observe != nil {
+		d.observe(v.runs[len(v.runs)-1])
+	}
 	if f.CrashAfter > 0 {
 		code := f.CrashCode
 		if code == 0 {
@@ -392,6 +402,9 @@ func (d *Driver) exitLocked(name string, seq int, e microvm.Exit) bool {
 	r.StoppedAt = e.At
 	ec := e
 	r.Exit = &ec
+	if d.observe != nil {
+		d.observe(*r)
+	}
 	if v.crashStop != nil {
 		v.crashStop()
 		v.crashStop = nil

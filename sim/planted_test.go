@@ -1,0 +1,50 @@
+//go:build simbugs
+
+package sim
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/blixard/blixard/internal/simbug"
+)
+
+// maxSeedsPerBug bounds how many seeds the harness may need to report a
+// planted bug.
+const maxSeedsPerBug = 6
+
+// TestPlantedBugsAreCaught plants each known bug and requires the
+// harness to report it, through the checker that guards against it,
+// within maxSeedsPerBug seeds. A harness that never fails is worth
+// nothing.
+func TestPlantedBugsAreCaught(t *testing.T) {
+	cases := []struct {
+		bug     simbug.Bug
+		checker string
+		cfg     Config
+	}{
+		// Apply reading the wall clock makes replicas diverge.
+		{simbug.ApplyWallClock, "converged", Config{Nodes: 3, Clients: 3, Ops: 60, Duration: 3 * time.Second, Converge: 10 * time.Second}},
+		// Answering before the commit loses or reorders writes.
+		{simbug.AckBeforeCommit, "linearizable", Config{Nodes: 3, Clients: 4, Ops: 150, Faults: FaultPartition | FaultCrash | FaultDelay, Duration: 6 * time.Second, Converge: 10 * time.Second}},
+		// Without self-fencing a cut-off node keeps its VMs while the
+		// others re-place them. Migrations are left out: they run two
+		// copies by themselves (TestMigrateRunsTwoCopies).
+		{simbug.SkipFence, "single-copy", Config{Nodes: 3, Clients: 3, Ops: 120, Faults: FaultPartition, Duration: 10 * time.Second, Converge: 15 * time.Second, NoMigrate: true}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.bug.String(), func(t *testing.T) {
+			for seed := uint64(1); seed <= maxSeedsPerBug; seed++ {
+				cfg := tc.cfg
+				cfg.Seed, cfg.Plant = seed, tc.bug
+				rep := runOnce(t, cfg)
+				if slices.Contains(rep.Failed(), tc.checker) {
+					t.Logf("planted %s caught by %s at seed %d (of at most %d)", tc.bug, tc.checker, seed, maxSeedsPerBug)
+					return
+				}
+			}
+			t.Fatalf("planted %s not reported by %s within %d seeds", tc.bug, tc.checker, maxSeedsPerBug)
+		})
+	}
+}
