@@ -62,3 +62,9 @@ demo: deps build
 
 clean:
 	rm -rf bin .bin build
+
+## e2e: the multi-host acceptance suite: 3 Docker hosts with systemd each, real microVMs (needs Docker and root).
+E2E_FLAGS ?= -count=1 -timeout 40m -v
+.PHONY: e2e
+e2e: deps
+	go test -tags e2e $(E2E_FLAGS) ./e2e/
