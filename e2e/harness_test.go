@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -10,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"os"
 	"os/exec"
@@ -186,6 +188,7 @@ type Cluster struct {
 	Gateway string
 	Hosts   []*Host
 	name    string
+	keep    bool // BLIXARD_E2E_KEEP: a failed test's containers stay for a look
 }
 
 // newCluster starts n hosts on a fresh network and forms a cluster by
@@ -272,6 +275,9 @@ func (c *Cluster) createNetwork() {
 		if err == nil {
 			c.Gateway = fmt.Sprintf("172.29.%d.1", third)
 			c.t.Cleanup(func() {
+				if c.keep {
+					return
+				}
 				if out, err := exec.Command("docker", "network", "rm", c.Network).CombinedOutput(); err != nil {
 					c.t.Errorf("docker network rm %s: %v: %s", c.Network, err, out)
 				}
@@ -324,7 +330,7 @@ func (c *Cluster) waitBooted(h *Host, timeout time.Duration) error {
 func (c *Cluster) remove() {
 	if c.t.Failed() {
 		for _, h := range c.Hosts {
-			out, _ := exec.Command("docker", "exec", h.Container, "journalctl", "-u", "blixard", "--no-pager", "-n", "60", "-o", "cat").CombinedOutput()
+			out, _ := exec.Command("docker", "exec", h.Container, "journalctl", "-u", "blixard", "--no-pager", "-n", "60").CombinedOutput()
 			c.t.Logf("%s journal (last 60 lines of blixard):\n%s", h.Name, out)
 		}
 	}
@@ -333,6 +339,11 @@ func (c *Cluster) remove() {
 		names = append(names, h.Container)
 	}
 	if len(names) == 0 {
+		return
+	}
+	if c.t.Failed() && os.Getenv("BLIXARD_E2E_KEEP") != "" {
+		c.t.Logf("BLIXARD_E2E_KEEP: leaving containers %v and network %s (remove them with docker rm -f / docker network rm, or rerun the suite)", names, c.Network)
+		c.keep = true
 		return
 	}
 	out, err := exec.Command("docker", append([]string{"rm", "-f"}, names...)...).CombinedOutput()
@@ -614,97 +625,223 @@ func parseQemus(ps string) []QemuProc {
 	return procs
 }
 
-// Sampler samples `ps` on every host throughout a scenario and records any
-// sweep in which one VM ran on two hosts.
+// Sampler watches `ps` on every host throughout a scenario: one long
+// `docker exec` per host prints a timestamped process list every 100 ms
+// (the hosts share this machine's kernel clock). Each (VM, host) pair's
+// consecutive sightings form an observed run; observed runs lie inside
+// the real ones, so two runs of one VM on two hosts that overlap prove
+// the VM ran twice (overlaps shorter than the sampling gap can be missed).
 type Sampler struct {
 	c    *Cluster
 	stop chan struct{}
-	done chan struct{}
+	wg   sync.WaitGroup
 
-	mu         sync.Mutex
-	sweeps     int
-	maxSweep   time.Duration
-	violations []string
-	seen       map[string]map[string]bool // vm -> hosts it was ever seen on
+	mu      sync.Mutex
+	samples map[string][]psSample // host name -> samples in time order
 }
 
-// StartSampler starts sampling; Stop ends it and returns the violations.
+type psSample struct {
+	at  time.Time
+	vms map[string]int // vm name -> qemu pid
+}
+
+// sampleScript prints "@<unix time>" and the process list every 100 ms.
+const sampleScript = `while :; do echo "@$(date +%s.%N)"; ps -eo pid=,stat=,args=; sleep 0.1; done`
+
+// StartSampler starts sampling; Check ends it.
 func (c *Cluster) StartSampler() *Sampler {
-	s := &Sampler{c: c, stop: make(chan struct{}), done: make(chan struct{}), seen: map[string]map[string]bool{}}
-	go s.loop()
-	c.t.Cleanup(func() { s.Stop() })
+	s := &Sampler{c: c, stop: make(chan struct{}), samples: map[string][]psSample{}}
+	for _, h := range c.Hosts {
+		s.wg.Add(1)
+		go s.watch(h)
+	}
+	c.t.Cleanup(s.halt)
 	return s
 }
 
-func (s *Sampler) loop() {
-	defer close(s.done)
+// watch streams h's samples, restarting the stream while h is down.
+func (s *Sampler) watch(h *Host) {
+	defer s.wg.Done()
 	for {
+		ctx, cancel := context.WithCancel(context.Background())
+		cmd := exec.CommandContext(ctx, "docker", "exec", h.Container, "sh", "-c", sampleScript)
+		out, err := cmd.StdoutPipe()
+		if err == nil && cmd.Start() == nil {
+			go func() {
+				select {
+				case <-s.stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			s.read(h, out)
+			cmd.Wait()
+		}
+		cancel()
 		select {
 		case <-s.stop:
 			return
-		default:
-		}
-		start := time.Now()
-		on := map[string][]string{}
-		for _, h := range s.c.Hosts {
-			procs, err := s.c.Qemus(h)
-			if err != nil {
-				continue // killed, paused or restarting: nothing runs there that ps can show
-			}
-			for _, p := range procs {
-				on[p.Name] = append(on[p.Name], h.Name)
-			}
-		}
-		d := time.Since(start)
-		s.mu.Lock()
-		s.sweeps++
-		s.maxSweep = max(s.maxSweep, d)
-		for vm, hosts := range on {
-			if s.seen[vm] == nil {
-				s.seen[vm] = map[string]bool{}
-			}
-			for _, h := range hosts {
-				s.seen[vm][h] = true
-			}
-			if len(hosts) > 1 {
-				s.violations = append(s.violations, fmt.Sprintf("%s: vm %s running on %v at once", start.Format("15:04:05.000"), vm, hosts))
-			}
-		}
-		s.mu.Unlock()
-		select {
-		case <-s.stop:
-			return
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(200 * time.Millisecond): // the host is down: look again
 		}
 	}
 }
 
-// Stop ends sampling (idempotent) and returns the violations.
-func (s *Sampler) Stop() []string {
+func (s *Sampler) read(h *Host, r io.Reader) {
+	sc := bufio.NewScanner(r)
+	var cur *psSample
+	var lines []string
+	flush := func() {
+		if cur == nil {
+			return
+		}
+		for _, p := range parseQemus(strings.Join(lines, "\n")) {
+			cur.vms[p.Name] = p.PID
+		}
+		s.mu.Lock()
+		s.samples[h.Name] = append(s.samples[h.Name], *cur)
+		s.mu.Unlock()
+	}
+	for sc.Scan() {
+		line := sc.Text()
+		if ts, ok := strings.CutPrefix(line, "@"); ok {
+			flush()
+			sec, err := strconv.ParseFloat(ts, 64)
+			if err != nil {
+				cur = nil
+				continue
+			}
+			cur = &psSample{at: time.Unix(0, int64(sec*1e9)), vms: map[string]int{}}
+			lines = lines[:0]
+			continue
+		}
+		lines = append(lines, line)
+	}
+	// The last sample may be cut short by a kill: drop it.
+}
+
+func (s *Sampler) halt() {
 	select {
 	case <-s.stop:
 	default:
 		close(s.stop)
 	}
-	<-s.done
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.violations)
+	s.wg.Wait()
 }
 
-// Check stops the sampler and fails the test if a VM ever ran twice.
+type psRun struct {
+	host        string
+	pid         int
+	first, last time.Time
+}
+
+// Runs returns each VM's observed runs: maximal sequences of consecutive
+// samples of one host that show it (with one pid).
+func (s *Sampler) Runs() map[string][]psRun {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	runs := map[string][]psRun{}
+	for host, samples := range s.samples {
+		open := map[string]*psRun{}
+		for _, sm := range samples {
+			for vm, r := range open {
+				if pid, ok := sm.vms[vm]; !ok || pid != r.pid {
+					runs[vm] = append(runs[vm], *r)
+					delete(open, vm)
+				}
+			}
+			for vm, pid := range sm.vms {
+				if r, ok := open[vm]; ok {
+					r.last = sm.at
+				} else {
+					open[vm] = &psRun{host: host, pid: pid, first: sm.at, last: sm.at}
+				}
+			}
+		}
+		for vm, r := range open {
+			runs[vm] = append(runs[vm], *r)
+		}
+	}
+	return runs
+}
+
+// Check ends sampling and fails the test if any VM's observed runs on two
+// hosts overlap in time.
 func (s *Sampler) Check(t *testing.T) {
 	t.Helper()
-	v := s.Stop()
+	s.halt()
 	s.mu.Lock()
-	t.Logf("ps sampler: %d sweeps of all hosts, longest %s", s.sweeps, s.maxSweep.Round(time.Millisecond))
+	n := 0
+	var gap time.Duration
+	for _, ss := range s.samples {
+		n += len(ss)
+		for i := 1; i < len(ss); i++ {
+			gap = max(gap, ss[i].at.Sub(ss[i-1].at))
+		}
+	}
 	s.mu.Unlock()
-	if s.sweeps < 3 {
-		t.Errorf("ps sampler made only %d sweeps", s.sweeps)
+	t.Logf("ps sampler: %d samples over %d hosts, longest gap between two samples of one live host %s", n, len(s.c.Hosts), ms(gap))
+	if n < 3*len(s.c.Hosts) {
+		t.Errorf("ps sampler took only %d samples", n)
 	}
-	for _, x := range v {
-		t.Error("ran twice:", x)
+	for vm, rs := range s.Runs() {
+		for i := range rs {
+			for j := i + 1; j < len(rs); j++ {
+				a, b := rs[i], rs[j]
+				if a.host != b.host && !a.last.Before(b.first) && !b.last.Before(a.first) {
+					t.Errorf("vm %s ran twice: on %s (pid %d) %s–%s and on %s (pid %d) %s–%s",
+						vm, a.host, a.pid, a.first.Format("15:04:05.000"), a.last.Format("15:04:05.000"),
+						b.host, b.pid, b.first.Format("15:04:05.000"), b.last.Format("15:04:05.000"))
+				}
+			}
+		}
 	}
+}
+
+// phases polls each condition in its own goroutine (every 100 ms) and
+// returns how long after start each first held; it fails the test when
+// one does not hold within timeout.
+func (c *Cluster) phases(start time.Time, timeout time.Duration, conds map[string]func() bool) map[string]time.Duration {
+	c.t.Helper()
+	var mu sync.Mutex
+	at := map[string]time.Duration{}
+	var wg sync.WaitGroup
+	deadline := start.Add(timeout)
+	for name, cond := range conds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				if cond() {
+					mu.Lock()
+					at[name] = time.Since(start)
+					mu.Unlock()
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	for name := range conds {
+		if _, ok := at[name]; !ok {
+			c.t.Fatalf("timed out after %s waiting for %s", timeout, name)
+		}
+	}
+	return at
+}
+
+// unitStart is when systemd started the main process of unit in h
+// (ExecMainStartTimestamp, microseconds), or the zero time.
+func (c *Cluster) unitStart(h *Host, unit string) time.Time {
+	out, err := c.Exec(h, "systemctl", "show", "--timestamp=us+utc", "-p", "ExecMainStartTimestamp", "--value", unit)
+	if err != nil {
+		return time.Time{}
+	}
+	ts, err := time.Parse("Mon 2006-01-02 15:04:05.000000 MST", strings.TrimSpace(out))
+	if err != nil {
+		return time.Time{}
+	}
+	return ts
 }
 
 // Writer creates stopped VMs named <prefix>-<n> in a loop with the CLI,

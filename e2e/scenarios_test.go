@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,46 +16,67 @@ import (
 // m MiB: the guest's memory + 2 % + 64 MiB of qemu overhead.
 func memoryMax(m uint64) uint64 { return (m + (m*2+99)/100 + 64) << 20 }
 
-// bootTimes is the breakdown of one VM's create → READY.
+// bootTimes is the breakdown of one VM's create → READY, each from the
+// create command's start.
 type bootTimes struct {
-	host                       string
-	acked, running, pid, ready time.Duration
-	guestUptime                string
+	host                         string
+	acked, placed, qemu, running time.Duration
+	ready                        time.Duration // READY seen on the console (100 ms polling)
+	guestUptime                  string        // the guest's uptime printed with READY
 }
 
-// watchBoot polls VM name from create (at start) until the READY marker
-// shows on its host's console, and returns when each phase was first seen.
-func (c *Cluster) watchBoot(name string, start time.Time, timeout time.Duration) bootTimes {
+func (b bootTimes) String() string {
+	acked := ""
+	if b.acked > 0 {
+		acked = fmt.Sprintf("create acked %s, ", ms(b.acked))
+	}
+	return fmt.Sprintf("%splaced on %s %s, qemu started (systemd ExecMainStartTimestamp) %s, status running %s, READY on the console %s (guest uptime at READY %ss)",
+		acked, b.host, ms(b.placed), ms(b.qemu), ms(b.running), ms(b.ready), b.guestUptime)
+}
+
+// watchBoot polls VM name, whose create started at start, until the READY
+// marker shows on the console of the host it is placed on (other than
+// not, when non-nil), and returns when each phase was first seen.
+func (c *Cluster) watchBoot(name string, start time.Time, not *Host, addrs []string, timeout time.Duration) bootTimes {
 	c.t.Helper()
 	var bt bootTimes
+	var mu sync.Mutex
 	var h *Host
-	c.waitFor(timeout, "vm "+name+" to boot (READY on its console)", func() bool {
-		if h == nil || bt.running == 0 {
-			vm, err := VMStatus(c.Addrs(), name)
-			if err != nil || vm.NodeID == 0 {
+	host := func() *Host { mu.Lock(); defer mu.Unlock(); return h }
+	at := c.phases(start, timeout, map[string]func() bool{
+		"vm " + name + " placed": func() bool {
+			vm, err := VMStatus(addrs, name)
+			if err != nil || vm.NodeID == 0 || (not != nil && vm.NodeID == not.ID) {
 				return false
 			}
+			mu.Lock()
 			h = c.Host(vm.NodeID)
-			bt.host = h.Name
-			if vm.Status == "running" && bt.running == 0 {
-				bt.running = time.Since(start)
+			mu.Unlock()
+			return true
+		},
+		"vm " + name + " running": func() bool {
+			vm, err := VMStatus(addrs, name)
+			return err == nil && vm.Status == "running" && (not == nil || vm.NodeID != not.ID)
+		},
+		"vm " + name + " READY": func() bool {
+			h := host()
+			if h == nil {
+				return false
 			}
-		}
-		if bt.pid == 0 {
-			procs, _ := c.Qemus(h)
-			for _, p := range procs {
-				if p.Name == name {
-					bt.pid = time.Since(start)
-				}
+			ok, up := ready(c.Console(h, name))
+			if ok {
+				mu.Lock()
+				bt.guestUptime = up
+				mu.Unlock()
 			}
-		}
-		ok, up := ready(c.Console(h, name))
-		if ok {
-			bt.ready = time.Since(start)
-			bt.guestUptime = up
-		}
-		return ok && bt.running != 0
+			return ok
+		},
 	})
+	bt.host = h.Name
+	bt.placed, bt.running, bt.ready = at["vm "+name+" placed"], at["vm "+name+" running"], at["vm "+name+" READY"]
+	if ts := c.unitStart(h, "blixard-vm-"+name+".service"); !ts.IsZero() {
+		bt.qemu = ts.Sub(start)
+	}
 	return bt
 }
 
@@ -177,7 +199,7 @@ func (c *Cluster) CreateVMsAndMeasure(t *testing.T, reqs []vmReq) []vmReq {
 				return
 			}
 			acked := time.Since(start)
-			bt := c.watchBoot(r.name, start, 3*time.Minute)
+			bt := c.watchBoot(r.name, start, nil, c.Addrs(), 3*time.Minute)
 			bt.acked = acked
 			times[i] = bt
 		}()
@@ -190,8 +212,7 @@ func (c *Cluster) CreateVMsAndMeasure(t *testing.T, reqs []vmReq) []vmReq {
 	}
 	for i, r := range reqs {
 		bt := times[i]
-		t.Logf("MEASURE create→READY %s on %s (%d vcpu, %d MiB, %d created at once, TCG): total %s = create acked %s, qemu process seen %s, status running %s, READY on console %s (guest uptime at READY %ss)",
-			r.name, bt.host, r.vcpus, r.memory, len(reqs), ms(bt.ready), ms(bt.acked), ms(bt.pid), ms(bt.running), ms(bt.ready), bt.guestUptime)
+		t.Logf("MEASURE create→READY %s (%d vcpu, %d MiB, %d created at once, TCG): %s", r.name, r.vcpus, r.memory, len(reqs), bt)
 	}
 	return reqs
 }
@@ -199,7 +220,13 @@ func (c *Cluster) CreateVMsAndMeasure(t *testing.T, reqs []vmReq) []vmReq {
 // TestLeaderKilled: the leader's host is killed while a client writes;
 // writes resume through the survivors and every acknowledged write is
 // there afterwards.
-func TestLeaderKilled(t *testing.T) {
+func TestLeaderKilled(t *testing.T) { leaderLost(t, "kill") }
+
+// TestLeaderPaused: the same with the leader's host frozen (docker pause),
+// then thawed: the old leader rejoins as a follower and catches up.
+func TestLeaderPaused(t *testing.T) { leaderLost(t, "pause") }
+
+func leaderLost(t *testing.T, fault string) {
 	c := newCluster(t, 3)
 	w := StartWriter(t, c.Addrs(), "lk", 2)
 	c.waitAcks(w, 20, 2*time.Minute)
@@ -213,7 +240,7 @@ func TestLeaderKilled(t *testing.T) {
 	}
 	before := len(w.Acked())
 	kill := time.Now()
-	c.Docker("kill", leader.Container)
+	c.Docker(fault, leader.Container)
 	var newLeader time.Duration
 	var newID uint64
 	c.waitFor(60*time.Second, "a new leader among the survivors", func() bool {
@@ -233,27 +260,55 @@ func TestLeaderKilled(t *testing.T) {
 		return false
 	})
 	c.waitAcks(w, before+20, 2*time.Minute)
+	if fault == "pause" {
+		c.Docker("unpause", leader.Container)
+		c.waitNodes(2*time.Minute, 3)
+		c.waitAcks(w, len(w.Acked())+10, 2*time.Minute)
+	}
 	w.Stop()
 	acked := w.Acked()
-	var lastBefore, firstAfter, firstAfterStarted time.Time
-	for _, a := range acked {
-		if a.End.Before(kill) {
-			lastBefore = a.End
-		} else if firstAfter.IsZero() {
-			firstAfter = a.End
-		}
-		if a.Start.After(kill) && (firstAfterStarted.IsZero() || a.End.Before(firstAfterStarted)) {
-			firstAfterStarted = a.End
+	// The write gap: the longest time without any acknowledgement around
+	// the kill, and the longest latency of a write in flight at the kill.
+	var gap, inflight time.Duration
+	var gapFrom, gapTo time.Time
+	for i := 1; i < len(acked); i++ {
+		a, b := acked[i-1], acked[i]
+		if b.End.After(kill) && a.End.Before(kill.Add(10*time.Second)) && b.End.Sub(a.End) > gap {
+			gap, gapFrom, gapTo = b.End.Sub(a.End), a.End, b.End
 		}
 	}
-	t.Logf("MEASURE leader failover write gap (leader node %d's host docker-killed, 2 CLI writers rotating over all 3 addresses): last ack before kill %s before it; new leader (node %d) reported by a survivor %s after the kill; first ack after the kill %s; first ack of a write issued after the kill %s; gap between acks %s",
-		lid, ms(kill.Sub(lastBefore)), newID, ms(newLeader), ms(firstAfter.Sub(kill)), ms(firstAfterStarted.Sub(kill)), ms(firstAfter.Sub(lastBefore)))
+	var firstIssuedAfter time.Duration
+	for _, a := range acked {
+		if a.Start.Before(kill) && a.End.After(kill) {
+			inflight = max(inflight, a.End.Sub(a.Start))
+		}
+		if a.Start.After(kill) && (firstIssuedAfter == 0 || a.End.Sub(kill) < firstIssuedAfter) {
+			firstIssuedAfter = a.End.Sub(kill)
+		}
+	}
+	var lat []time.Duration
+	for _, a := range acked {
+		if a.End.Before(kill) {
+			lat = append(lat, a.End.Sub(a.Start))
+		}
+	}
+	slices.Sort(lat)
+	t.Logf("MEASURE leader failover write gap (docker %s of leader node %d's host; 2 CLI writers, each write a new CLI process trying the 3 addresses from a rotating start; median write latency before the kill %s): longest time without an ack from the kill to 10 s after it %s (from %s before the kill to %s after it); new leader (node %d) first reported by a survivor %s after the kill; slowest write in flight at the kill %s; first write issued after the kill acked %s after the kill",
+		fault, lid, ms(lat[len(lat)/2]), ms(gap), ms(kill.Sub(gapFrom)), ms(gapTo.Sub(kill)), newID, ms(newLeader), ms(inflight), ms(firstIssuedAfter))
 	t.Logf("writes: %d acknowledged, %d not (timeouts or errors during the failover)", len(acked), len(w.Fails()))
 	vms, err := VMList(c.Addrs(survivors...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkAcked(t, acked, vms, "after the leader's death")
+	checkAcked(t, acked, vms, "after the leader's "+fault)
+	if fault == "pause" {
+		var local []VM
+		c.waitFor(time.Minute, "the thawed old leader's local state to catch up", func() bool {
+			local, err = VMList([]string{leader.API()}, "--stale")
+			return err == nil && len(local) >= len(acked)
+		})
+		checkAcked(t, acked, local, "the thawed old leader's local state")
+	}
 }
 
 // TestMinorityPartition: the host running a VM is cut off from the other
@@ -264,8 +319,9 @@ func TestLeaderKilled(t *testing.T) {
 func TestMinorityPartition(t *testing.T) {
 	c := newCluster(t, 3)
 	samp := c.StartSampler()
+	start := time.Now()
 	c.CreateVM("part")
-	bt := c.watchBoot("part", time.Now(), 3*time.Minute)
+	bt := c.watchBoot("part", start, nil, c.Addrs(), 3*time.Minute)
 	vm, err := VMStatus(c.Addrs(), "part")
 	if err != nil {
 		t.Fatal(err)
@@ -285,13 +341,19 @@ func TestMinorityPartition(t *testing.T) {
 	// agent's listeners) still reach the local node.
 	c.mustExec(minority, "ip", "addr", "add", minority.IP+"/32", "dev", "lo")
 
-	// The minority refuses writes with a clear "no quorum" error.
-	out, err := c.Exec(minority, "blixard", "--addr", minority.API(), "vm", "create", "refused", "--no-start", "--memory", "64")
-	if err == nil || !strings.Contains(out, "no quorum") {
-		t.Errorf("a write on the minority: err %v, output %q; want a failure saying no quorum", err, out)
-	} else {
-		t.Logf("write on the minority (%s after the cut): %s", ms(time.Since(cut)), strings.TrimSpace(out))
+	// The minority refuses writes with a clear "no quorum" error (after the
+	// client's retry window: it keeps trying while the node says so).
+	type result struct {
+		out  string
+		err  error
+		took time.Duration
 	}
+	refused := make(chan result, 1)
+	go func() {
+		start := time.Now()
+		out, err := c.Exec(minority, "blixard", "--addr", minority.API(), "vm", "create", "refused", "--no-start", "--memory", "64")
+		refused <- result{out, err, time.Since(start)}
+	}()
 	// It fences: its qemu stops.
 	var fenced time.Duration
 	c.waitFor(60*time.Second, "the minority to stop its VM (fencing)", func() bool {
@@ -321,6 +383,12 @@ func TestMinorityPartition(t *testing.T) {
 	t.Logf("MEASURE partition: minority fenced its VM %s after the cut; vm part READY on %s %s after the cut", ms(fenced), moved.Name, ms(time.Since(cut)))
 	// Writes go on through the majority.
 	c.CLI("vm", "create", "during-partition", "--no-start", "--memory", "64")
+	r := <-refused
+	if r.err == nil || !strings.Contains(r.out, "error: no quorum") {
+		t.Errorf("a write on the minority: err %v, output %q; want a failure saying no quorum", r.err, r.out)
+	} else {
+		t.Logf("a write on the minority failed after %s: %s", ms(r.took), strings.TrimSpace(r.out))
+	}
 
 	// Heal.
 	c.mustExec(minority, "ip", "addr", "del", minority.IP+"/32", "dev", "lo")
@@ -340,9 +408,13 @@ func TestMinorityPartition(t *testing.T) {
 		}
 		return false
 	})
+	// "no quorum" is an unknown outcome, not a promise that nothing
+	// happened: the agent retries a proposal in flight until its own
+	// timeout, so one the minority still held when the partition healed
+	// may apply. Either way it was never acknowledged.
 	for _, v := range vms {
 		if v.Name == "refused" {
-			t.Errorf("the write refused on the minority exists after the heal")
+			t.Logf("note: the write refused on the minority was applied after the heal (its proposal was still in flight there)")
 		}
 	}
 	t.Logf("healed: converged %s after reconnecting", ms(time.Since(heal)))
@@ -364,8 +436,9 @@ func TestMinorityPartition(t *testing.T) {
 func TestHostLost(t *testing.T) {
 	c := newCluster(t, 3)
 	samp := c.StartSampler()
+	start := time.Now()
 	c.CreateVM("lost")
-	c.watchBoot("lost", time.Now(), 3*time.Minute)
+	c.watchBoot("lost", start, nil, c.Addrs(), 3*time.Minute)
 	vm, _ := VMStatus(c.Addrs(), "lost")
 	victim := c.Host(vm.NodeID)
 	var others []*Host
@@ -376,44 +449,25 @@ func TestHostLost(t *testing.T) {
 	}
 	kill := time.Now()
 	c.Docker("kill", victim.Container)
-	var down, placed, pid, running, readyAt time.Duration
-	var to *Host
-	c.waitFor(3*time.Minute, "vm lost READY on another host", func() bool {
-		if down == 0 {
-			if s, ok := status(c.Addrs(others...)); ok {
-				for _, n := range s.Nodes {
-					if n.ID == victim.ID && n.Status == "down" {
-						down = time.Since(kill)
-					}
+	var down time.Duration
+	var mu sync.Mutex
+	go func() {
+		for deadline := kill.Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			s, ok := status(c.Addrs(others...), "--stale")
+			for _, n := range s.Nodes {
+				if ok && n.ID == victim.ID && n.Status == "down" {
+					mu.Lock()
+					down = time.Since(kill)
+					mu.Unlock()
+					return
 				}
 			}
 		}
-		vm, err := VMStatus(c.Addrs(others...), "lost")
-		if err != nil || vm.NodeID == victim.ID {
-			return false
-		}
-		if placed == 0 {
-			placed = time.Since(kill)
-			to = c.Host(vm.NodeID)
-		}
-		if vm.Status == "running" && running == 0 {
-			running = time.Since(kill)
-		}
-		if pid == 0 {
-			procs, _ := c.Qemus(to)
-			for _, p := range procs {
-				if p.Name == "lost" {
-					pid = time.Since(kill)
-				}
-			}
-		}
-		if ok, _ := ready(c.Console(to, "lost")); ok && readyAt == 0 {
-			readyAt = time.Since(kill)
-		}
-		return readyAt != 0 && running != 0
-	})
-	t.Logf("MEASURE host loss → VM running elsewhere (%s docker-killed, vm moved to %s; default --down-grace 4s): node down %s, re-placed %s, qemu process %s, status running %s, READY %s",
-		victim.Name, to.Name, ms(down), ms(placed), ms(pid), ms(running), ms(readyAt))
+	}()
+	bt := c.watchBoot("lost", kill, victim, c.Addrs(others...), 3*time.Minute)
+	c.waitFor(time.Minute, "the node-down phase", func() bool { mu.Lock(); defer mu.Unlock(); return down != 0 })
+	t.Logf("MEASURE host loss → VM running elsewhere (%s docker-killed; defaults: --fence-timeout 3s, --down-grace 4s), from the kill: node down %s, %s",
+		victim.Name, ms(down), bt)
 	samp.Check(t)
 }
 
