@@ -21,7 +21,8 @@ func memoryMax(m uint64) uint64 { return (m + (m*2+99)/100 + 64) << 20 }
 type bootTimes struct {
 	host                         string
 	acked, placed, qemu, running time.Duration
-	ready                        time.Duration // READY seen on the console (100 ms polling)
+	ready                        time.Duration // READY seen on the console (polling through docker exec)
+	readyWritten                 time.Duration // the console's mtime when READY is its last line
 	guestUptime                  string        // the guest's uptime printed with READY
 }
 
@@ -30,8 +31,8 @@ func (b bootTimes) String() string {
 	if b.acked > 0 {
 		acked = fmt.Sprintf("create acked %s, ", ms(b.acked))
 	}
-	return fmt.Sprintf("%splaced on %s %s, qemu started (systemd ExecMainStartTimestamp) %s, status running %s, READY on the console %s (guest uptime at READY %ss)",
-		acked, b.host, ms(b.placed), ms(b.qemu), ms(b.running), ms(b.ready), b.guestUptime)
+	return fmt.Sprintf("%splaced on %s %s, qemu started (systemd ExecMainStartTimestamp) %s, status running %s, READY written to the console %s (seen %s; guest uptime at READY %ss)",
+		acked, b.host, ms(b.placed), ms(b.qemu), ms(b.running), ms(b.readyWritten), ms(b.ready), b.guestUptime)
 }
 
 // watchBoot polls VM name, whose create started at start, until the READY
@@ -77,7 +78,29 @@ func (c *Cluster) watchBoot(name string, start time.Time, not *Host, addrs []str
 	if ts := c.unitStart(h, "blixard-vm-"+name+".service"); !ts.IsZero() {
 		bt.qemu = ts.Sub(start)
 	}
+	if ts := c.readyWritten(h, name); !ts.IsZero() {
+		bt.readyWritten = ts.Sub(start)
+	}
 	return bt
+}
+
+// readyWritten is when the READY line was written to VM name's console on
+// h: the file's modification time, provided READY is still its last line.
+func (c *Cluster) readyWritten(h *Host, name string) time.Time {
+	path := "/var/lib/blixard/vms/" + name + "/console.log"
+	out, err := c.Exec(h, "sh", "-c", "date -r "+path+" +%s.%N && tail -n 1 "+path)
+	if err != nil {
+		return time.Time{}
+	}
+	ts, last, _ := strings.Cut(out, "\n")
+	if !strings.Contains(last, "BLIXARD-GUEST-READY") {
+		return time.Time{}
+	}
+	sec, err := strconv.ParseFloat(strings.TrimSpace(ts), 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(sec*1e9))
 }
 
 // TestFormationVMsBoot: three hosts form a cluster by --join; a VM created
