@@ -85,3 +85,9 @@ SOAK_LOG ?= /tmp/blixard-soak.log
 soak: build
 	./bin/blixard sim --seed $(SOAK_SEED) --runs $(SOAK_RUNS) --nodes 5 --clients 6 --ops 300 --faults all \
 		--no-migrate --report-dir sim-reports $(SIM_FLAGS) 2>&1 | tee $(SOAK_LOG)
+
+## e2e: the multi-host acceptance suite: 3 Docker hosts with systemd each, real microVMs (needs Docker and root).
+E2E_FLAGS ?= -count=1 -timeout 40m -v
+.PHONY: e2e
+e2e: deps
+	go test -tags e2e $(E2E_FLAGS) ./e2e/

@@ -269,10 +269,18 @@ func (c *Client) call(ctx context.Context, req proto.Message, extra time.Duratio
 		}
 		i := (start + attempt) % n
 		addr := c.addrs[i]
+		// Whether the end of the retry window cuts this attempt short.
+		dl, hasDL := ctx.Deadline()
+		lastChance := hasDL && time.Until(dl) < c.opts.attemptTimeout+extra
 		res, err := c.attempt(ctx, addr, req, extra)
 		if err != nil {
 			c.setHealthy(addr, false)
-			lastErr = err
+			var answered *Error
+			if !lastChance || !errors.As(lastErr, &answered) {
+				// Else a node's earlier answer ("no quorum: ...") says
+				// more than an attempt the window cut short.
+				lastErr = err
+			}
 			c.opts.logger.Debug("api attempt failed", "addr", addr, "err", err)
 			continue
 		}

@@ -60,6 +60,13 @@ func runFakeNode(mode string) {
 			switch mode {
 			case "unavailable":
 				ctx.Respond(&blixardpb.VmResponse{Error: &blixardpb.Error{Code: blixardpb.Code_UNAVAILABLE, Message: "no quorum: test"}})
+			case "unavailable-slow":
+				// Like a node waiting out its propose timeout: the answer
+				// comes late, off the actor loop.
+				sender := ctx.Sender()
+				time.AfterFunc(400*time.Millisecond, func() {
+					system.Root.Send(sender, &blixardpb.VmResponse{Error: &blixardpb.Error{Code: blixardpb.Code_UNAVAILABLE, Message: "no quorum: test"}})
+				})
 			case "exists":
 				ctx.Respond(&blixardpb.VmResponse{Error: &blixardpb.Error{Code: blixardpb.Code_ALREADY_EXISTS, Message: `vm "web" already exists`}})
 			case "good":
@@ -275,6 +282,24 @@ func TestAllNodesDownIsUnavailable(t *testing.T) {
 	_, err := c.GetVM(ctx, "web")
 	if !errors.Is(err, client.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+}
+
+// A node that keeps answering "no quorum" slowly: when the retry window
+// ends in the middle of an attempt, the error is still the node's answer,
+// not the cut-short attempt's timeout.
+func TestRetryWindowEndKeepsTheNodesAnswer(t *testing.T) {
+	if !inChild(t) {
+		return
+	}
+	slow := startFakeNode(t, "unavailable-slow")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := dial(t, []string{slow.addr}, client.WithRetryWindow(1500*time.Millisecond))
+	_, err := c.CreateVM(ctx, &blixardpb.VmSpec{Name: "web", Vcpus: 1, MemoryMb: 64}, false)
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Code != blixardpb.Code_UNAVAILABLE || ce.Message != "no quorum: test" {
+		t.Fatalf("err = %v, want the node's answer \"no quorum: test\"", err)
 	}
 }
 

@@ -4,8 +4,11 @@
 // (the VM's spec, as data) to microvm.nix options and flake.lock pins its
 // nixpkgs and microvm inputs. The nix driver (microvm/nix) copies both
 // files next to each VM's vm.json and builds the runner from them.
-// testdata/ holds stub nixpkgs and microvm flakes for tests on machines
-// without nixpkgs.
+// module.nix is the NixOS module services.blixard; it yields the same
+// systemd unit as packaging/systemd/blixard.service (module_test.go
+// evaluates it and compares the two).
+// testdata/ holds stub nixpkgs and microvm flakes, and a stub NixOS module
+// system (stub-nixos), for tests on machines without nixpkgs.
 //
 // Who may import it: microvm/nix and tests. It imports only the standard
 // library.

@@ -3,11 +3,22 @@
 #
 # No registry is needed: the root filesystem is made with debootstrap from Debian's mirror and
 # loaded with `docker import`. The image is tagged blixard-host:<hash>, where <hash> is the
-# content hash of this script (so editing the package list below makes a new image); a rerun
-# with that image present only prints its name and takes well under a second. The debootstrap
+# content hash of this script and of packaging/systemd/blixard.service (so editing the package
+# list or the unit makes a new image); a rerun with that image present only prints its name and
+# takes well under a second. The debootstrap
 # root itself is cached as a tarball in build/hostimage/ (HOSTIMAGE_CACHE), keyed by suite,
 # mirror and package list, so changing only the steps after debootstrap re-imports in seconds.
-# Measured here: debootstrap 4.5–6 min, docker import 3 s, image 107 MB, cached base 244 MB.
+# Measured here: debootstrap 4.5–6 min, docker import 3 s, image 107 MB, cached base 244 MB
+# (before qemu was added; see below for the e2e image).
+#
+# What a host gets: systemd as PID 1, dbus, iproute2, iptables, procps, qemu-system-x86 (the
+# qemu driver's hypervisor) and busybox-static, plus the packaged unit blixard.service in
+# /lib/systemd/system (installed, not enabled: the e2e harness writes /etc/default/blixard with
+# the node's flags and runs `systemctl start blixard`). Not in the image, bind-mounted read-only
+# when a container starts: the blixard binary at /usr/bin/blixard and the test guest
+# (build/guest: vmlinux, initrd.img) at /usr/share/blixard/guest. They change with every build,
+# and keeping them out keeps the image's hash, and so its cache, stable across commits; a test
+# always runs the binary it just built.
 #
 # Usage: scripts/hostimage.sh          prints the image reference (blixard-host:<hash>) on stdout
 # Env:   MIRROR   Debian mirror (default http://deb.debian.org/debian)
@@ -29,6 +40,8 @@ packages=(
 	iproute2
 	iptables
 	procps
+	qemu-system-x86
+	busybox-static
 )
 
 mirror=${MIRROR:-http://deb.debian.org/debian}
@@ -36,7 +49,9 @@ suite=${SUITE:-bookworm}
 
 log() { echo "hostimage: $*" >&2; }
 
-hash=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+unit=$repo/packaging/systemd/blixard.service
+hash=$(cat "${BASH_SOURCE[0]}" "$unit" | sha256sum | cut -c1-12)
 image=blixard-host:$hash
 
 if docker image inspect "$image" >/dev/null 2>&1; then
@@ -50,7 +65,6 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 	apt-get install -y debootstrap >&2 || { apt-get update >&2 && apt-get install -y debootstrap >&2; }
 fi
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${HOSTIMAGE_CACHE:-$repo/build/hostimage}
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/work.XXXXXX")
@@ -84,6 +98,11 @@ for u in getty.target console-getty.service systemd-udevd.service systemd-udev-t
 	ln -sf /dev/null "$root/etc/systemd/system/$u"
 done
 echo blixard-host >"$root/etc/hostname"
+# --- blixard: the packaged unit; binary and guest are bind-mounted at container start --------
+install -m 0644 "$unit" "$root/lib/systemd/system/blixard.service"
+mkdir -p "$root/usr/share/blixard/guest" "$root/etc/blixard"
+: >"$root/usr/bin/blixard"
+chmod 0755 "$root/usr/bin/blixard"
 : >"$root/etc/machine-id"
 # Keep the journal in memory (tmpfs /run) so containers start fast and leave nothing behind.
 mkdir -p "$root/etc/systemd/journald.conf.d"
