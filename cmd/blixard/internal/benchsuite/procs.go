@@ -103,9 +103,9 @@ func (p *proc) logTail(n int) string {
 
 // node is one `blixard run` process of a benchmark cluster.
 type node struct {
-	id                       uint64
-	api, raft, gossip, data  string
-	p                        *proc
+	id                      uint64
+	api, raft, gossip, data string
+	p                       *proc
 }
 
 // fakeCluster is a cluster of `blixard run --driver fake` processes on

@@ -4,4 +4,3 @@ import "context"
 
 func runBoot(ctx context.Context, e *env) ([]Table, error)     { return nil, nil }
 func runFailover(ctx context.Context, e *env) ([]Table, error) { return nil, nil }
-func runScale(ctx context.Context, e *env) ([]Table, error)    { return nil, nil }
