@@ -3,4 +3,3 @@ package benchsuite
 import "context"
 
 func runBoot(ctx context.Context, e *env) ([]Table, error)     { return nil, nil }
-func runFailover(ctx context.Context, e *env) ([]Table, error) { return nil, nil }
