@@ -91,3 +91,31 @@ E2E_FLAGS ?= -count=1 -timeout 40m -v
 .PHONY: e2e
 e2e: deps
 	go test -tags e2e $(E2E_FLAGS) ./e2e/
+
+## bench-deps: what the benchmark suites need: Debian's etcd-server and
+## etcd-client (the etcd baseline), qemu and the test guest (boot suite).
+bench-deps:
+	@sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; need=(); \
+	command -v etcd >/dev/null || need+=(etcd-server); \
+	command -v etcdctl >/dev/null || need+=(etcd-client); \
+	command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86); \
+	if [ $${#need[@]} -gt 0 ]; then \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends "$${need[@]}" >/dev/null; \
+	fi
+	./scripts/guest.sh
+
+## bench-suites: every benchmark suite in full mode, side by side with raw
+## dragonboat, etcd and qemu by hand; tables into docs/benchmarks.md.
+bench-suites: bench-deps build
+	bin/blixard bench --write docs/benchmarks.md
+
+## bench-quick: the suites in quick mode (what CI runs; writes nothing).
+bench-quick: build
+	bin/blixard bench --quick
+
+## bench-go: the Go benchmarks (numbers, never assertions).
+bench-go:
+	go test -run '^$$' -bench . -benchmem ./...
+
+.PHONY: bench-deps bench-suites bench-quick bench-go

@@ -854,3 +854,18 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
+
+// DragonboatConfig returns the NodeHost and shard configuration a Replica
+// started with cfg uses (defaults applied, no event listeners), so that a
+// benchmark can run raw dragonboat under exactly the same settings. Like
+// StartReplica, it routes dragonboat's process-global logging to
+// c.Logger if no replica did so before.
+func (c ReplicaConfig) DragonboatConfig() (dbconfig.NodeHostConfig, dbconfig.Config, error) {
+	if err := c.setDefaults(); err != nil {
+		return dbconfig.NodeHostConfig{}, dbconfig.Config{}, err
+	}
+	installRaftLogger(c.Logger)
+	nh := c.nodeHostConfig(nil)
+	nh.RaftEventListener, nh.SystemEventListener = nil, nil
+	return nh, c.shardConfig(), nil
+}

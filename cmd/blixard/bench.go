@@ -1,26 +1,85 @@
 package main
 
 import (
-	"context"
+	"encoding/json"
 	"fmt"
-	"sort"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/blixard/blixard/client"
-	"github.com/blixard/blixard/proto/blixardpb"
+	"github.com/blixard/blixard/cmd/blixard/internal/benchsuite"
 )
 
 func (a *app) benchCmd() *cobra.Command {
+	var (
+		quick    bool
+		suites   string
+		write    string
+		guestDir string
+		workDir  string
+		keep     bool
+	)
 	b := &cobra.Command{
 		Use:   "bench",
-		Short: "Load generators against a running cluster",
-		RunE:  groupRunE,
+		Short: "Benchmark suites side by side with raw dragonboat, etcd and bare qemu; load generators",
+		Long: `Run the benchmark suites (commit, boot, failover, scale) and print one
+markdown table per suite, with the issue's targets marked met or missed.
+Suites start what they need on loopback (blixard nodes, etcd members,
+qemu) and stop it again; a suite whose tools are missing says so in its
+table. --quick measures the same things with few samples (for CI); the
+full mode also writes the tables into docs/benchmarks.md unless --write ""
+is given.`,
+		Args: exactArgs(),
+		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
+			var names []string
+			for _, s := range strings.Split(suites, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					names = append(names, s)
+				}
+			}
+			if err := benchsuite.CheckSuites(names); err != nil {
+				return &usageError{err: fmt.Errorf("invalid --suite: %w", err)}
+			}
+			if !cmd.Flags().Changed("write") && !quick {
+				write = filepath.Join("docs", "benchmarks.md")
+			}
+			if write != "" {
+				if _, err := os.Stat(filepath.Dir(write)); err != nil {
+					return usagef("invalid --write %q: directory %s does not exist", write, filepath.Dir(write))
+				}
+			}
+			bin, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("finding the blixard binary: %w", err)
+			}
+			started := time.Now()
+			tables, runErr := benchsuite.Run(cmd.Context(), benchsuite.Config{
+				Quick: quick, Suites: names, Bin: bin, GuestDir: guestDir,
+				WorkDir: workDir, Keep: keep, Log: a.stderr,
+			})
+			report := benchsuite.Report(tables, quick, started, time.Since(started))
+			fmt.Fprint(a.stdout, report)
+			if write != "" && len(tables) > 0 {
+				if err := benchsuite.WriteDoc(write, report); err != nil {
+					return fmt.Errorf("writing %s: %w", write, err)
+				}
+				fmt.Fprintf(a.stderr, "bench: tables written to %s\n", write)
+			}
+			return runErr
+		}),
 	}
+	bf := b.Flags()
+	bf.BoolVar(&quick, "quick", false, "few samples per suite (seconds; for CI); does not write docs unless --write is given")
+	bf.StringVar(&suites, "suite", "", "suites to run, comma-separated: "+strings.Join(benchsuite.Suites, ",")+" (default all)")
+	bf.StringVar(&write, "write", "", "markdown file whose generated section receives the tables (default docs/benchmarks.md in full mode; \"\" writes nothing)")
+	bf.StringVar(&guestDir, "guest-dir", filepath.Join("build", "guest"), "directory with the test guest's vmlinux and initrd.img (scripts/guest.sh)")
+	bf.StringVar(&workDir, "work-dir", "", "scratch directory for data dirs and logs (default a temp dir)")
+	bf.BoolVar(&keep, "keep", false, "keep the scratch directory (logs) afterwards")
+
 	var (
 		conc     string
 		duration time.Duration
@@ -33,8 +92,9 @@ func (a *app) benchCmd() *cobra.Command {
 		Long: `Measure the full path (client → api actor → Raft → apply → reply): for each
 concurrency level, that many workers each loop "create a VM, delete it" for
 --duration against --addr, and the throughput (commits/s) and commit
-latency percentiles are printed. Run it against nodes using --driver fake
-with enough --memory-mb for the VMs in flight.`,
+latency percentiles are printed (-o json: one JSON object per level). Run it
+against nodes using --driver fake with enough --memory-mb for the VMs in
+flight. The commit suite of "blixard bench" runs it as its load generator.`,
 		Args: exactArgs(),
 		RunE: a.runE(func(cmd *cobra.Command, args []string) error {
 			var levels []int
@@ -54,12 +114,20 @@ with enough --memory-mb for the VMs in flight.`,
 				return err
 			}
 			defer c.Close()
-			fmt.Fprintln(a.stdout, "CONCURRENCY\tCOMMITS\tOPS/S\tP50\tP99\tERRORS")
+			if a.output == "table" {
+				fmt.Fprintln(a.stdout, "CONCURRENCY\tCOMMITS\tOPS/S\tP50\tP99\tERRORS")
+			}
 			for _, n := range levels {
-				r := runCommitBench(ctx, c, n, duration, memory, prefix)
-				fmt.Fprintf(a.stdout, "%d\t%d\t%.0f\t%s\t%s\t%d\n", n, r.ops, r.opsPerSec, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.errors)
-				if r.firstErr != nil {
-					fmt.Fprintf(a.stderr, "first error at concurrency %d: %v\n", n, r.firstErr)
+				r := benchsuite.RunLoad(ctx, n, duration, benchsuite.CommitOp(c, prefix, memory))
+				if a.output == "json" {
+					if err := json.NewEncoder(a.stdout).Encode(r); err != nil {
+						return err
+					}
+				} else {
+					fmt.Fprintf(a.stdout, "%d\t%d\t%.0f\t%.2fms\t%.2fms\t%d\n", n, r.Ops, r.OpsPerSec, r.P50Ms, r.P99Ms, r.Errors)
+				}
+				if r.FirstError != "" {
+					fmt.Fprintf(a.stderr, "first error at concurrency %d: %s\n", n, r.FirstError)
 				}
 				if ctx.Err() != nil {
 					return nil
@@ -75,68 +143,4 @@ with enough --memory-mb for the VMs in flight.`,
 	f.StringVar(&prefix, "prefix", "bench", "name prefix of the benchmark VMs")
 	b.AddCommand(commit)
 	return b
-}
-
-type benchResult struct {
-	ops       int
-	errors    int
-	opsPerSec float64
-	p50, p99  time.Duration
-	firstErr  error
-}
-
-// runCommitBench runs n workers for d; every create and every delete is
-// one commit.
-func runCommitBench(ctx context.Context, c *client.Client, n int, d time.Duration, memory uint64, prefix string) benchResult {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	var (
-		mu       sync.Mutex
-		lat      []time.Duration
-		errs     int
-		firstErr error
-		wg       sync.WaitGroup
-	)
-	record := func(start time.Time, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if err != nil {
-			errs++
-			if firstErr == nil {
-				firstErr = err
-			}
-			return
-		}
-		lat = append(lat, time.Since(start))
-	}
-	begin := time.Now()
-	for w := 0; w < n; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ctx.Err() == nil; i++ {
-				name := fmt.Sprintf("%s-%d-%d", prefix, w, i)
-				start := time.Now()
-				_, err := c.CreateVM(ctx, &blixardpb.VmSpec{Name: name, Vcpus: 1, MemoryMb: memory}, true)
-				if ctx.Err() != nil {
-					// Clean up a create whose outcome the deadline cut off.
-					c.DeleteVM(context.Background(), name)
-					return
-				}
-				record(start, err)
-				start = time.Now()
-				_, err = c.DeleteVM(context.Background(), name)
-				record(start, err)
-			}
-		}(w)
-	}
-	wg.Wait()
-	elapsed := time.Since(begin)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	r := benchResult{ops: len(lat), errors: errs, firstErr: firstErr, opsPerSec: float64(len(lat)) / elapsed.Seconds()}
-	if len(lat) > 0 {
-		r.p50 = lat[len(lat)*50/100]
-		r.p99 = lat[min(len(lat)-1, len(lat)*99/100)]
-	}
-	return r
 }
