@@ -215,27 +215,31 @@ func commitBlixard(ctx context.Context, e *env, levels []int, d time.Duration) (
 	note := ""
 	if !e.quick() {
 		// A CPU profile of the leader under load, taken in a run of its
-		// own so that the sampling does not disturb the numbers above.
-		const pd = 5 * time.Second
-		e.log("commit: profiling the leader (perf) at 64 concurrent for %s", pd)
+		// own so that profiling does not disturb the numbers above.
+		e.log("commit: profiling the leader at 64 concurrent for %ds", ProfileSeconds)
 		type res struct {
-			top []string
-			err error
+			path string
+			err  error
 		}
 		ch := make(chan res, 1)
 		go func() {
-			top, err := perfProfile(ctx, ld.p.cmd.Process.Pid, pd, c.dir)
-			ch <- res{top, err}
+			p, err := profileProcess(ctx, ld.p.cmd.Process.Pid, c.dir)
+			ch <- res{p, err}
 		}()
-		_, lerr := loadgen(ctx, e, addrs, 64, pd+time.Second)
+		_, lerr := loadgen(ctx, e, addrs, 64, ProfileSeconds*time.Second+time.Second)
 		pr := <-ch
-		switch {
-		case lerr != nil:
+		if lerr == nil {
+			lerr = pr.err
+		}
+		var flat, cum []string
+		if lerr == nil {
+			flat, cum, lerr = topFunctions(pr.path, 12)
+		}
+		if lerr != nil {
 			note = "Leader profile: not taken (" + oneLine(lerr.Error()) + ")."
-		case pr.err != nil:
-			note = "Leader profile: not taken (" + oneLine(pr.err.Error()) + ")."
-		default:
-			note = "Leader CPU profile at 64 concurrent (perf, self time, symbols ≥ 1.5 %):\n\n```\n" + strings.Join(pr.top, "\n") + "\n```"
+		} else {
+			note = fmt.Sprintf("Leader CPU profile (pprof, %d s at 64 concurrent), top functions by self time and by cumulative time:\n\n```\n%s\n\n%s\n```",
+				ProfileSeconds, strings.Join(flat, "\n"), strings.Join(cum, "\n"))
 		}
 	}
 	return rs, note, nil

@@ -2,11 +2,8 @@ package benchsuite
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -78,35 +75,4 @@ func (m *cpuMeter) used() time.Duration {
 		d += procCPU(p) - m.start[i]
 	}
 	return d
-}
-
-// perfProfile samples pid's call stacks with Linux perf for d and returns
-// the hottest symbols (self time), or why it could not.
-func perfProfile(ctx context.Context, pid int, d time.Duration, out string) ([]string, error) {
-	perf, err := exec.LookPath("perf")
-	if err != nil {
-		return nil, fmt.Errorf("no perf on PATH (Debian: linux-perf)")
-	}
-	data := filepath.Join(out, fmt.Sprintf("perf-%d.data", pid))
-	rec := exec.CommandContext(ctx, perf, "record", "-q", "-F", "499", "-g", "-p", fmt.Sprint(pid), "-o", data, "--", "sleep", fmt.Sprintf("%.1f", d.Seconds()))
-	if b, err := rec.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("perf record: %v: %s", err, oneLine(string(b)))
-	}
-	rep := exec.CommandContext(ctx, perf, "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio", "-g", "none", "--percent-limit", "1.5")
-	b, err := rep.Output()
-	if err != nil {
-		return nil, fmt.Errorf("perf report: %v", err)
-	}
-	var top []string
-	for _, l := range strings.Split(string(b), "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		top = append(top, strings.Join(strings.Fields(l), " "))
-		if len(top) == 15 {
-			break
-		}
-	}
-	return top, nil
 }
