@@ -141,6 +141,23 @@ func runCommit(ctx context.Context, e *env) ([]Table, error) {
 			"counter state machine, SyncPropose on the leader of %d-byte payloads (the command blixard commits for a create). "+
 			"etcd: 3 members on loopback, puts of the same bytes through go.etcd.io/etcd/client/v3 on the leader's endpoint. "+
 			"Latencies are per commit.", d, len(commitPayload(255, 99999))))
+	t.Notes = append(t.Notes, "", "CPU per commit (µs; the machine has 2 cores for everything):", "",
+		"| concurrency | blixard nodes | blixard load generator | raw (cluster + proposers) | etcd members | etcd client |",
+		"|---|---|---|---|---|---|")
+	for _, n := range levels {
+		b, r, x := byLevel(bl, n), byLevel(raw, n), byLevel(et, n)
+		cpu := func(r *LoadResult, server bool) string {
+			if r == nil || r.Ops == 0 {
+				return "—"
+			}
+			if server {
+				return fmt.Sprintf("%.0f", r.ServerCPUUs)
+			}
+			return fmt.Sprintf("%.0f", r.ClientCPUUs)
+		}
+		t.Notes = append(t.Notes, fmt.Sprintf("| %d | %s | %s | %s | %s | %s |", n, cpu(b, true), cpu(b, false), cpu(r, true), cpu(x, true), cpu(x, false)))
+	}
+	t.Notes = append(t.Notes, "")
 	if blNote != "" {
 		t.Notes = append(t.Notes, blNote)
 	}
@@ -178,27 +195,74 @@ func commitBlixard(ctx context.Context, e *env, levels []int, d time.Duration) (
 		return nil, "", err
 	}
 	addrs := append([]string{ld.api}, c.apis(ld)...)
-	var lv []string
-	for _, n := range levels {
-		lv = append(lv, fmt.Sprint(n))
+	e.log("commit: load generator against leader node %d, %s per level", ld.id, d)
+	var pids []int
+	for _, nd := range c.nodes {
+		pids = append(pids, nd.p.cmd.Process.Pid)
 	}
-	e.log("commit: load generator against leader node %d, levels %s, %s each", ld.id, strings.Join(lv, ","), d)
+	var rs []LoadResult
+	for _, n := range levels {
+		m := startCPU(pids...)
+		child0 := childrenCPU()
+		r, err := loadgen(ctx, e, addrs, n, d)
+		if err != nil {
+			return nil, "", err
+		}
+		r.setCPU(m.used(), childrenCPU()-child0)
+		e.log("commit: blixard %d: %.0f ops/s p50 %s p99 %s errors %d", n, r.OpsPerSec, fmtMs(r.P50Ms), fmtMs(r.P99Ms), r.Errors)
+		rs = append(rs, r)
+	}
+	note := ""
+	if !e.quick() {
+		// A CPU profile of the leader under load, taken in a run of its
+		// own so that profiling does not disturb the numbers above.
+		e.log("commit: profiling the leader at 64 concurrent for %ds", ProfileSeconds)
+		type res struct {
+			path string
+			err  error
+		}
+		ch := make(chan res, 1)
+		go func() {
+			p, err := profileProcess(ctx, ld.p.cmd.Process.Pid, c.dir)
+			ch <- res{p, err}
+		}()
+		_, lerr := loadgen(ctx, e, addrs, 64, ProfileSeconds*time.Second+time.Second)
+		pr := <-ch
+		if lerr == nil {
+			lerr = pr.err
+		}
+		var flat, cum []string
+		if lerr == nil {
+			flat, cum, lerr = topFunctions(pr.path, 12)
+		}
+		if lerr != nil {
+			note = "Leader profile: not taken (" + oneLine(lerr.Error()) + ")."
+		} else {
+			note = fmt.Sprintf("Leader CPU profile (pprof, %d s at 64 concurrent), top functions by self time and by cumulative time:\n\n```\n%s\n\n%s\n```",
+				ProfileSeconds, strings.Join(flat, "\n"), strings.Join(cum, "\n"))
+		}
+	}
+	return rs, note, nil
+}
+
+// loadgen runs `blixard bench commit` at concurrency n for d against
+// addrs (in order) and returns its result.
+func loadgen(ctx context.Context, e *env, addrs []string, n int, d time.Duration) (LoadResult, error) {
 	cmd := exec.CommandContext(ctx, e.cfg.Bin, "--addr", strings.Join(addrs, ","), "-o", "json",
-		"bench", "commit", "--concurrency", strings.Join(lv, ","), "--duration", d.String())
+		"bench", "commit", "--concurrency", fmt.Sprint(n), "--duration", d.String())
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, "", fmt.Errorf("load generator: %v: %s", err, oneLine(stderr.String()))
+		return LoadResult{}, fmt.Errorf("load generator: %v: %s", err, oneLine(stderr.String()))
 	}
-	var rs []LoadResult
+	var r LoadResult
 	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		var r LoadResult
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return nil, "", fmt.Errorf("load generator output %q: %w", sc.Text(), err)
-		}
-		rs = append(rs, r)
+	if !sc.Scan() {
+		return r, fmt.Errorf("load generator printed nothing")
 	}
-	return rs, "", nil
+	if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		return r, fmt.Errorf("load generator output %q: %w", sc.Text(), err)
+	}
+	return r, nil
 }

@@ -9,8 +9,9 @@
 // etcd members, qemu. Where the machine lacks a tool (etcd, qemu, the
 // test guest), the suite says so in its table instead of failing.
 //
-// Only cmd/blixard imports this package. The Go benchmarks under
-// consensus/ and actors/ measure the same state machine and actor paths
-// in-process; the functions here that those benchmarks also need
-// (BuildState, SpawnVMActors) take no testing types.
+// Only cmd/blixard imports this package. Its own Go benchmarks
+// (bench_test.go) run the scale suite's measurements (MeasureState,
+// SpawnVMActors) under `go test -bench` for profiling; the in-process
+// Raft and state-machine micro-benchmarks stay in consensus/, where they
+// use the package's internals.
 package benchsuite

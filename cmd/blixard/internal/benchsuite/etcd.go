@@ -116,12 +116,18 @@ func commitEtcd(ctx context.Context, e *env, levels []int, d time.Duration) ([]L
 		return nil, "", err
 	}
 	defer cli.Close()
+	var pids []int
+	for _, p := range c.procs {
+		pids = append(pids, p.cmd.Process.Pid)
+	}
 	var out []LoadResult
 	for _, n := range levels {
+		m, c0 := startCPU(pids...), selfCPU()
 		res := RunLoad(ctx, n, d, func(ctx context.Context, w, i int) error {
 			_, err := cli.Put(ctx, fmt.Sprintf("/bench/%d/%d", w, i), string(commitPayload(w, i)))
 			return err
 		})
+		res.setCPU(m.used(), selfCPU()-c0)
 		e.log("commit: etcd %d: %.0f ops/s p50 %s p99 %s errors %d", n, res.OpsPerSec, fmtMs(res.P50Ms), fmtMs(res.P99Ms), res.Errors)
 		out = append(out, res)
 	}

@@ -52,6 +52,8 @@ func startProc(logPath string, name string, args ...string) (*proc, error) {
 		return nil, err
 	}
 	cmd := exec.Command(name, args...)
+	// blixard processes write CPU profiles next to their log on SIGUSR1.
+	cmd.Env = append(os.Environ(), ProfileDirEnv+"="+filepath.Dir(logPath))
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -122,7 +122,9 @@ func commitRaw(ctx context.Context, e *env, levels []int, d time.Duration) ([]Lo
 	defer r.close()
 	var out []LoadResult
 	for _, n := range levels {
+		c0 := selfCPU()
 		res := RunLoad(ctx, n, d, r.op())
+		res.setCPU(selfCPU()-c0, 0)
 		e.log("commit: raw %d: %.0f ops/s p50 %s p99 %s errors %d", n, res.OpsPerSec, fmtMs(res.P50Ms), fmtMs(res.P99Ms), res.Errors)
 		out = append(out, res)
 	}

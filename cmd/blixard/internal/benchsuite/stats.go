@@ -16,6 +16,20 @@ type LoadResult struct {
 	P50Ms       float64 `json:"p50_ms"`
 	P99Ms       float64 `json:"p99_ms"`
 	FirstError  string  `json:"first_error,omitempty"`
+	// CPU per operation (µs): of the servers (blixard nodes, etcd
+	// members; for raw dragonboat the whole in-process cluster with its
+	// proposers) and of the load generator. Filled by the commit suite.
+	ServerCPUUs float64 `json:"-"`
+	ClientCPUUs float64 `json:"-"`
+}
+
+// setCPU records server and client CPU time per operation.
+func (r *LoadResult) setCPU(server, client time.Duration) {
+	if r.Ops == 0 {
+		return
+	}
+	r.ServerCPUUs = float64(server.Microseconds()) / float64(r.Ops)
+	r.ClientCPUUs = float64(client.Microseconds()) / float64(r.Ops)
 }
 
 // Op is one operation of worker w, its i-th. It returns an error when the
