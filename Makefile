@@ -27,9 +27,9 @@ build:
 test: deps
 	go test $(GO_TEST_FLAGS) ./...
 
-## bench: Go benchmarks (numbers, never assertions).
-bench:
-	go test -run '^$$' -bench . -benchmem ./...
+## bench: every benchmark suite side by side (blixard vs raw dragonboat, etcd and qemu by hand),
+## tables into docs/benchmarks.md (see bench-suites below; bench-go runs the Go benchmarks).
+bench: bench-suites
 
 $(BIN)/protoc-gen-go:
 	GOBIN=$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
