@@ -316,7 +316,7 @@ func leaderLost(t *testing.T, fault string) {
 		}
 	}
 	slices.Sort(lat)
-	t.Logf("MEASURE leader failover write gap (docker %s of leader node %d's host; 2 CLI writers, each write a new CLI process trying the 3 addresses from a rotating start; median write latency before the kill %s): longest time without an ack from the fault to 10 s after it %s (between the acks at fault%s and fault%s); new leader (node %d) first reported by a survivor %s after the fault; slowest write in flight at the fault %s; first write issued after the fault acked %s after it",
+	t.Logf("MEASURE leader failover write gap (docker %s of leader node %d's host; 2 CLI writers, each write a new CLI process trying the 3 addresses from a rotating start; median write latency before the fault %s): longest time without an ack from the fault to 10 s after it %s (between the acks at fault%s and fault%s); new leader (node %d) first reported by a survivor %s after the fault; slowest write in flight at the fault %s; first write issued after the fault acked %s after it",
 		fault, lid, ms(lat[len(lat)/2]), ms(gap), signed(gapFrom.Sub(kill)), signed(gapTo.Sub(kill)), newID, ms(newLeader), ms(inflight), ms(firstIssuedAfter))
 	t.Logf("writes: %d acknowledged, %d not (timeouts or errors during the failover)", len(acked), len(w.Fails()))
 	vms, err := VMList(c.Addrs(survivors...))
