@@ -31,8 +31,12 @@ func (b bootTimes) String() string {
 	if b.acked > 0 {
 		acked = fmt.Sprintf("create acked %s, ", ms(b.acked))
 	}
+	written := "unknown (the console has more after READY)"
+	if b.readyWritten > 0 {
+		written = ms(b.readyWritten)
+	}
 	return fmt.Sprintf("%splaced on %s %s, qemu started (systemd ExecMainStartTimestamp) %s, status running %s, READY written to the console %s (seen %s; guest uptime at READY %ss)",
-		acked, b.host, ms(b.placed), ms(b.qemu), ms(b.running), ms(b.readyWritten), ms(b.ready), b.guestUptime)
+		acked, b.host, ms(b.placed), ms(b.qemu), ms(b.running), written, ms(b.ready), b.guestUptime)
 }
 
 // watchBoot polls VM name, whose create started at start, until the READY
