@@ -42,8 +42,9 @@ func parseQemus(ps string) []QemuProc {
 
 // psSample is one timestamped ps of one host.
 type psSample struct {
-	at  time.Time
-	vms map[string]int // vm name -> qemu pid
+	at     time.Time
+	stream int            // which ps stream of the host (a new one after the host was down)
+	vms    map[string]int // vm name -> qemu pid
 }
 
 // psRun is one observed run of a VM: consecutive samples of one host that

@@ -460,6 +460,7 @@ func TestMinorityPartition(t *testing.T) {
 }
 
 // TestHostLost: the host running a VM is killed; the VM runs elsewhere.
+// When the host comes back (docker restart) it rejoins and runs nothing.
 func TestHostLost(t *testing.T) {
 	c := newCluster(t, 3)
 	samp := c.StartSampler()
@@ -495,6 +496,22 @@ func TestHostLost(t *testing.T) {
 	c.waitFor(time.Minute, "the node-down phase", func() bool { mu.Lock(); defer mu.Unlock(); return down != 0 })
 	t.Logf("MEASURE host loss → VM running elsewhere (%s docker-killed; defaults: --fence-timeout 3s, --down-grace 4s), from the kill: node down %s, %s",
 		victim.Name, ms(down), bt)
+
+	// The host comes back (docker restart of the stopped container): its
+	// node is alive again and the VM stays where it was moved.
+	c.Docker("restart", victim.Container)
+	back := time.Now()
+	c.waitNodes(2*time.Minute, 3)
+	t.Logf("%s back: all nodes alive voters %s after docker restart", victim.Name, ms(time.Since(back)))
+	vm, err := VMStatus(c.Addrs(), "lost")
+	if err != nil || vm.NodeID == victim.ID || vm.Status != "running" {
+		t.Errorf("after %s came back vm lost is %+v (%v), want running elsewhere", victim.Name, vm, err)
+	}
+	if procs, err := c.Qemus(victim); err != nil {
+		t.Error(err)
+	} else if len(procs) > 0 {
+		t.Errorf("the returned host runs %+v", procs)
+	}
 	samp.Check(t)
 }
 
