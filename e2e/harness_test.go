@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -11,14 +10,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -615,137 +611,6 @@ func (c *Cluster) Qemus(h *Host) ([]QemuProc, error) {
 	return parseQemus(out), nil
 }
 
-// Sampler watches `ps` on every host throughout a scenario: one long
-// `docker exec` per host prints a timestamped process list every 100 ms
-// (the hosts share this machine's kernel clock). Each (VM, host) pair's
-// consecutive sightings form an observed run; observed runs lie inside
-// the real ones, so two runs of one VM on two hosts that overlap prove
-// the VM ran twice (overlaps shorter than the sampling gap can be missed).
-type Sampler struct {
-	c    *Cluster
-	stop chan struct{}
-	wg   sync.WaitGroup
-
-	mu      sync.Mutex
-	samples map[string][]psSample // host name -> samples in time order
-}
-
-// sampleScript prints "@<unix time>" and the process list every 100 ms.
-const sampleScript = `while :; do echo "@$(date +%s.%N)"; ps -eo pid=,stat=,args=; sleep 0.1; done`
-
-// StartSampler starts sampling; Check ends it.
-func (c *Cluster) StartSampler() *Sampler {
-	s := &Sampler{c: c, stop: make(chan struct{}), samples: map[string][]psSample{}}
-	for _, h := range c.Hosts {
-		s.wg.Add(1)
-		go s.watch(h)
-	}
-	c.t.Cleanup(s.halt)
-	return s
-}
-
-// watch streams h's samples, restarting the stream while h is down.
-func (s *Sampler) watch(h *Host) {
-	defer s.wg.Done()
-	for stream := 0; ; stream++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(ctx, "docker", "exec", h.Container, "sh", "-c", sampleScript)
-		out, err := cmd.StdoutPipe()
-		if err == nil && cmd.Start() == nil {
-			go func() {
-				select {
-				case <-s.stop:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			s.read(h, stream, out)
-			cmd.Wait()
-		}
-		cancel()
-		select {
-		case <-s.stop:
-			return
-		case <-time.After(200 * time.Millisecond): // the host is down: look again
-		}
-	}
-}
-
-func (s *Sampler) read(h *Host, stream int, r io.Reader) {
-	sc := bufio.NewScanner(r)
-	var cur *psSample
-	var lines []string
-	flush := func() {
-		if cur == nil {
-			return
-		}
-		for _, p := range parseQemus(strings.Join(lines, "\n")) {
-			cur.vms[p.Name] = p.PID
-		}
-		s.mu.Lock()
-		s.samples[h.Name] = append(s.samples[h.Name], *cur)
-		s.mu.Unlock()
-	}
-	for sc.Scan() {
-		line := sc.Text()
-		if ts, ok := strings.CutPrefix(line, "@"); ok {
-			flush()
-			sec, err := strconv.ParseFloat(ts, 64)
-			if err != nil {
-				cur = nil
-				continue
-			}
-			cur = &psSample{at: time.Unix(0, int64(sec*1e9)), stream: stream, vms: map[string]int{}}
-			lines = lines[:0]
-			continue
-		}
-		lines = append(lines, line)
-	}
-	// The last sample may be cut short by a kill: drop it.
-}
-
-func (s *Sampler) halt() {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	s.wg.Wait()
-}
-
-// Runs returns each VM's observed runs.
-func (s *Sampler) Runs() map[string][]psRun {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return runsOf(s.samples)
-}
-
-// Check ends sampling and fails the test if any VM's observed runs on two
-// hosts overlap in time.
-func (s *Sampler) Check(t *testing.T) {
-	t.Helper()
-	s.halt()
-	s.mu.Lock()
-	n := 0
-	var gap time.Duration
-	for _, ss := range s.samples {
-		n += len(ss)
-		for i := 1; i < len(ss); i++ {
-			if ss[i].stream == ss[i-1].stream {
-				gap = max(gap, ss[i].at.Sub(ss[i-1].at))
-			}
-		}
-	}
-	s.mu.Unlock()
-	t.Logf("ps sampler: %d samples over %d hosts, longest gap between two samples of one live host %s", n, len(s.c.Hosts), ms(gap))
-	if n < 3*len(s.c.Hosts) {
-		t.Errorf("ps sampler took only %d samples", n)
-	}
-	for _, x := range overlaps(s.Runs()) {
-		t.Error(x)
-	}
-}
-
 // phases polls each condition in its own goroutine (every 100 ms) and
 // returns how long after start each first held; it fails the test when
 // one does not hold within timeout.
@@ -791,117 +656,6 @@ func (c *Cluster) unitStart(h *Host, unit string) time.Time {
 		return time.Time{}
 	}
 	return ts
-}
-
-// Writer creates stopped VMs named <prefix>-<n> in a loop with the CLI,
-// rotating the first address over all nodes; it records every
-// acknowledged name and the times of the acks.
-type Writer struct {
-	addrs  []string
-	prefix string
-	stop   chan struct{}
-	wg     sync.WaitGroup
-
-	mu    sync.Mutex
-	acked []Ack
-	fails []CLIResult
-}
-
-// Ack is one acknowledged write.
-type Ack struct {
-	Name       string
-	Start, End time.Time
-}
-
-// StartWriter runs workers concurrent writers against addrs.
-func StartWriter(t *testing.T, addrs []string, prefix string, workers int) *Writer {
-	w := &Writer{addrs: addrs, prefix: prefix, stop: make(chan struct{})}
-	var next int
-	var nmu sync.Mutex
-	for k := 0; k < workers; k++ {
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			for {
-				select {
-				case <-w.stop:
-					return
-				default:
-				}
-				nmu.Lock()
-				next++
-				i := next
-				nmu.Unlock()
-				name := fmt.Sprintf("%s-%d", prefix, i)
-				rot := append(slices.Clone(addrs[i%len(addrs):]), addrs[:i%len(addrs)]...)
-				r := CLI(45*time.Second, rot, "vm", "create", name, "--no-start", "--memory", "64")
-				w.mu.Lock()
-				if r.Code == 0 {
-					w.acked = append(w.acked, Ack{Name: name, Start: r.Start, End: r.End})
-				} else {
-					w.fails = append(w.fails, r)
-				}
-				w.mu.Unlock()
-			}
-		}()
-	}
-	t.Cleanup(func() { w.Stop() })
-	return w
-}
-
-// Stop ends the writers (idempotent), waiting for writes in flight.
-func (w *Writer) Stop() {
-	select {
-	case <-w.stop:
-	default:
-		close(w.stop)
-	}
-	w.wg.Wait()
-}
-
-// Acked returns the acknowledged writes so far, in ack order.
-func (w *Writer) Acked() []Ack {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	a := slices.Clone(w.acked)
-	sort.Slice(a, func(i, j int) bool { return a[i].End.Before(a[j].End) })
-	return a
-}
-
-// Fails returns the writes that were not acknowledged.
-func (w *Writer) Fails() []CLIResult {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Clone(w.fails)
-}
-
-// waitAcks waits until the writer has at least n acks.
-func (c *Cluster) waitAcks(w *Writer, n int, timeout time.Duration) {
-	c.t.Helper()
-	c.waitFor(timeout, fmt.Sprintf("%d acknowledged writes", n), func() bool { return len(w.Acked()) >= n })
-}
-
-// checkAcked fails the test unless every acknowledged write is in vms.
-func checkAcked(t *testing.T, acked []Ack, vms []VM, where string) {
-	t.Helper()
-	have := map[string]bool{}
-	for _, vm := range vms {
-		have[vm.Name] = true
-	}
-	missing := 0
-	for _, a := range acked {
-		if !have[a.Name] {
-			missing++
-			if missing <= 10 {
-				t.Errorf("%s: acknowledged write %s (acked %s) is missing", where, a.Name, a.End.Format("15:04:05.000"))
-			}
-		}
-	}
-	if missing > 0 {
-		t.Errorf("%s: %d of %d acknowledged writes missing", where, missing, len(acked))
-	} else {
-		t.Logf("%s: all %d acknowledged writes present", where, len(acked))
-	}
 }
 
 // leader returns the current leader's id as some node reports it.
