@@ -17,6 +17,10 @@
 // (DESIGN.md §2): the CLI built from cmd/blixard, run on the test machine
 // and inside the hosts.
 //
+// Environment: BLIXARD_E2E_ACCEL=kvm|auto passes /dev/kvm to the hosts and
+// boots guests with it (default tcg); BLIXARD_E2E_KEEP=1 leaves a failed
+// test's containers running for a look.
+//
 // Containers and networks carry the label blixard.e2e=1: each test removes
 // its own in t.Cleanup, and TestMain sweeps any a killed earlier run left.
 //

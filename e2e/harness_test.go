@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -11,14 +10,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,6 +47,18 @@ var containerArgs = []string{
 	"--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
 	"--device", "/dev/net/tun",
 	"--entrypoint", "/sbin/init",
+}
+
+// accel is the hosts' --accel: tcg unless BLIXARD_E2E_ACCEL says kvm or
+// auto (then /dev/kvm is passed to the hosts too). The default is tcg
+// because guests hang under the nested KVM of the development machines.
+func accel() string {
+	switch a := os.Getenv("BLIXARD_E2E_ACCEL"); a {
+	case "kvm", "auto":
+		return a
+	default:
+		return "tcg"
+	}
 }
 
 // env is what TestMain prepared for the tests.
@@ -103,6 +111,9 @@ func prepare() string {
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		return "needs /dev/net/tun for the VMs' TAP devices"
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil && accel() != "tcg" {
+		return "BLIXARD_E2E_ACCEL=" + accel() + " needs /dev/kvm"
 	}
 	sweep()
 	env.guest = filepath.Join(env.repo, "build", "guest")
@@ -226,7 +237,7 @@ func newCluster(t *testing.T, n int, extraFlags ...string) *Cluster {
 			"--api-addr", h.API(),
 			"--raft-addr", fmt.Sprintf("%s:%d", h.IP, raftPort),
 			"--gossip-addr", h.Gossip(),
-			"--driver", "qemu", "--accel", "tcg",
+			"--driver", "qemu", "--accel", accel(),
 			"--vcpus", "4", "--memory-mb", "16384",
 		}
 		if h.ID != 1 {
@@ -300,6 +311,9 @@ func (c *Cluster) startContainer(h *Host) error {
 	args := []string{"run", "-d", "--name", h.Container, "--hostname", h.Name, "--label", label,
 		"--network", c.Network, "--ip", h.IP}
 	args = append(args, containerArgs...)
+	if accel() != "tcg" {
+		args = append(args, "--device", "/dev/kvm")
+	}
 	args = append(args,
 		"-v", env.bin+":/usr/bin/blixard:ro",
 		"-v", env.guest+":"+guestDir+":ro",
@@ -588,12 +602,6 @@ func ready(console string) (bool, string) {
 	return true, rest[0]
 }
 
-// QemuProc is a qemu process seen in a host.
-type QemuProc struct {
-	PID  int
-	Name string // the VM's name (qemu -name)
-}
-
 // Qemus lists the qemu processes running in h (ps is the ground truth).
 func (c *Cluster) Qemus(h *Host) ([]QemuProc, error) {
 	out, err := c.Exec(h, "ps", "-eo", "pid=,stat=,args=")
@@ -601,200 +609,6 @@ func (c *Cluster) Qemus(h *Host) ([]QemuProc, error) {
 		return nil, fmt.Errorf("%s: ps: %v: %s", h.Name, err, out)
 	}
 	return parseQemus(out), nil
-}
-
-func parseQemus(ps string) []QemuProc {
-	var procs []QemuProc
-	for _, line := range strings.Split(ps, "\n") {
-		f := strings.Fields(line)
-		if len(f) < 3 || !strings.Contains(f[2], "qemu-system") || strings.HasPrefix(f[1], "Z") {
-			continue
-		}
-		pid, err := strconv.Atoi(f[0])
-		if err != nil {
-			continue
-		}
-		p := QemuProc{PID: pid}
-		for i := 3; i+1 < len(f); i++ {
-			if f[i] == "-name" {
-				p.Name = strings.SplitN(f[i+1], ",", 2)[0]
-			}
-		}
-		procs = append(procs, p)
-	}
-	return procs
-}
-
-// Sampler watches `ps` on every host throughout a scenario: one long
-// `docker exec` per host prints a timestamped process list every 100 ms
-// (the hosts share this machine's kernel clock). Each (VM, host) pair's
-// consecutive sightings form an observed run; observed runs lie inside
-// the real ones, so two runs of one VM on two hosts that overlap prove
-// the VM ran twice (overlaps shorter than the sampling gap can be missed).
-type Sampler struct {
-	c    *Cluster
-	stop chan struct{}
-	wg   sync.WaitGroup
-
-	mu      sync.Mutex
-	samples map[string][]psSample // host name -> samples in time order
-}
-
-type psSample struct {
-	at  time.Time
-	vms map[string]int // vm name -> qemu pid
-}
-
-// sampleScript prints "@<unix time>" and the process list every 100 ms.
-const sampleScript = `while :; do echo "@$(date +%s.%N)"; ps -eo pid=,stat=,args=; sleep 0.1; done`
-
-// StartSampler starts sampling; Check ends it.
-func (c *Cluster) StartSampler() *Sampler {
-	s := &Sampler{c: c, stop: make(chan struct{}), samples: map[string][]psSample{}}
-	for _, h := range c.Hosts {
-		s.wg.Add(1)
-		go s.watch(h)
-	}
-	c.t.Cleanup(s.halt)
-	return s
-}
-
-// watch streams h's samples, restarting the stream while h is down.
-func (s *Sampler) watch(h *Host) {
-	defer s.wg.Done()
-	for {
-		ctx, cancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(ctx, "docker", "exec", h.Container, "sh", "-c", sampleScript)
-		out, err := cmd.StdoutPipe()
-		if err == nil && cmd.Start() == nil {
-			go func() {
-				select {
-				case <-s.stop:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			s.read(h, out)
-			cmd.Wait()
-		}
-		cancel()
-		select {
-		case <-s.stop:
-			return
-		case <-time.After(200 * time.Millisecond): // the host is down: look again
-		}
-	}
-}
-
-func (s *Sampler) read(h *Host, r io.Reader) {
-	sc := bufio.NewScanner(r)
-	var cur *psSample
-	var lines []string
-	flush := func() {
-		if cur == nil {
-			return
-		}
-		for _, p := range parseQemus(strings.Join(lines, "\n")) {
-			cur.vms[p.Name] = p.PID
-		}
-		s.mu.Lock()
-		s.samples[h.Name] = append(s.samples[h.Name], *cur)
-		s.mu.Unlock()
-	}
-	for sc.Scan() {
-		line := sc.Text()
-		if ts, ok := strings.CutPrefix(line, "@"); ok {
-			flush()
-			sec, err := strconv.ParseFloat(ts, 64)
-			if err != nil {
-				cur = nil
-				continue
-			}
-			cur = &psSample{at: time.Unix(0, int64(sec*1e9)), vms: map[string]int{}}
-			lines = lines[:0]
-			continue
-		}
-		lines = append(lines, line)
-	}
-	// The last sample may be cut short by a kill: drop it.
-}
-
-func (s *Sampler) halt() {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	s.wg.Wait()
-}
-
-type psRun struct {
-	host        string
-	pid         int
-	first, last time.Time
-}
-
-// Runs returns each VM's observed runs: maximal sequences of consecutive
-// samples of one host that show it (with one pid).
-func (s *Sampler) Runs() map[string][]psRun {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	runs := map[string][]psRun{}
-	for host, samples := range s.samples {
-		open := map[string]*psRun{}
-		for _, sm := range samples {
-			for vm, r := range open {
-				if pid, ok := sm.vms[vm]; !ok || pid != r.pid {
-					runs[vm] = append(runs[vm], *r)
-					delete(open, vm)
-				}
-			}
-			for vm, pid := range sm.vms {
-				if r, ok := open[vm]; ok {
-					r.last = sm.at
-				} else {
-					open[vm] = &psRun{host: host, pid: pid, first: sm.at, last: sm.at}
-				}
-			}
-		}
-		for vm, r := range open {
-			runs[vm] = append(runs[vm], *r)
-		}
-	}
-	return runs
-}
-
-// Check ends sampling and fails the test if any VM's observed runs on two
-// hosts overlap in time.
-func (s *Sampler) Check(t *testing.T) {
-	t.Helper()
-	s.halt()
-	s.mu.Lock()
-	n := 0
-	var gap time.Duration
-	for _, ss := range s.samples {
-		n += len(ss)
-		for i := 1; i < len(ss); i++ {
-			gap = max(gap, ss[i].at.Sub(ss[i-1].at))
-		}
-	}
-	s.mu.Unlock()
-	t.Logf("ps sampler: %d samples over %d hosts, longest gap between two samples of one live host %s", n, len(s.c.Hosts), ms(gap))
-	if n < 3*len(s.c.Hosts) {
-		t.Errorf("ps sampler took only %d samples", n)
-	}
-	for vm, rs := range s.Runs() {
-		for i := range rs {
-			for j := i + 1; j < len(rs); j++ {
-				a, b := rs[i], rs[j]
-				if a.host != b.host && !a.last.Before(b.first) && !b.last.Before(a.first) {
-					t.Errorf("vm %s ran twice: on %s (pid %d) %s–%s and on %s (pid %d) %s–%s",
-						vm, a.host, a.pid, a.first.Format("15:04:05.000"), a.last.Format("15:04:05.000"),
-						b.host, b.pid, b.first.Format("15:04:05.000"), b.last.Format("15:04:05.000"))
-				}
-			}
-		}
-	}
 }
 
 // phases polls each condition in its own goroutine (every 100 ms) and
@@ -842,117 +656,6 @@ func (c *Cluster) unitStart(h *Host, unit string) time.Time {
 		return time.Time{}
 	}
 	return ts
-}
-
-// Writer creates stopped VMs named <prefix>-<n> in a loop with the CLI,
-// rotating the first address over all nodes; it records every
-// acknowledged name and the times of the acks.
-type Writer struct {
-	addrs  []string
-	prefix string
-	stop   chan struct{}
-	wg     sync.WaitGroup
-
-	mu    sync.Mutex
-	acked []Ack
-	fails []CLIResult
-}
-
-// Ack is one acknowledged write.
-type Ack struct {
-	Name       string
-	Start, End time.Time
-}
-
-// StartWriter runs workers concurrent writers against addrs.
-func StartWriter(t *testing.T, addrs []string, prefix string, workers int) *Writer {
-	w := &Writer{addrs: addrs, prefix: prefix, stop: make(chan struct{})}
-	var next int
-	var nmu sync.Mutex
-	for k := 0; k < workers; k++ {
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			for {
-				select {
-				case <-w.stop:
-					return
-				default:
-				}
-				nmu.Lock()
-				next++
-				i := next
-				nmu.Unlock()
-				name := fmt.Sprintf("%s-%d", prefix, i)
-				rot := append(slices.Clone(addrs[i%len(addrs):]), addrs[:i%len(addrs)]...)
-				r := CLI(45*time.Second, rot, "vm", "create", name, "--no-start", "--memory", "64")
-				w.mu.Lock()
-				if r.Code == 0 {
-					w.acked = append(w.acked, Ack{Name: name, Start: r.Start, End: r.End})
-				} else {
-					w.fails = append(w.fails, r)
-				}
-				w.mu.Unlock()
-			}
-		}()
-	}
-	t.Cleanup(func() { w.Stop() })
-	return w
-}
-
-// Stop ends the writers (idempotent), waiting for writes in flight.
-func (w *Writer) Stop() {
-	select {
-	case <-w.stop:
-	default:
-		close(w.stop)
-	}
-	w.wg.Wait()
-}
-
-// Acked returns the acknowledged writes so far, in ack order.
-func (w *Writer) Acked() []Ack {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	a := slices.Clone(w.acked)
-	sort.Slice(a, func(i, j int) bool { return a[i].End.Before(a[j].End) })
-	return a
-}
-
-// Fails returns the writes that were not acknowledged.
-func (w *Writer) Fails() []CLIResult {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Clone(w.fails)
-}
-
-// waitAcks waits until the writer has at least n acks.
-func (c *Cluster) waitAcks(w *Writer, n int, timeout time.Duration) {
-	c.t.Helper()
-	c.waitFor(timeout, fmt.Sprintf("%d acknowledged writes", n), func() bool { return len(w.Acked()) >= n })
-}
-
-// checkAcked fails the test unless every acknowledged write is in vms.
-func checkAcked(t *testing.T, acked []Ack, vms []VM, where string) {
-	t.Helper()
-	have := map[string]bool{}
-	for _, vm := range vms {
-		have[vm.Name] = true
-	}
-	missing := 0
-	for _, a := range acked {
-		if !have[a.Name] {
-			missing++
-			if missing <= 10 {
-				t.Errorf("%s: acknowledged write %s (acked %s) is missing", where, a.Name, a.End.Format("15:04:05.000"))
-			}
-		}
-	}
-	if missing > 0 {
-		t.Errorf("%s: %d of %d acknowledged writes missing", where, missing, len(acked))
-	} else {
-		t.Logf("%s: all %d acknowledged writes present", where, len(acked))
-	}
 }
 
 // leader returns the current leader's id as some node reports it.

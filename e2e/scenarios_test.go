@@ -31,8 +31,12 @@ func (b bootTimes) String() string {
 	if b.acked > 0 {
 		acked = fmt.Sprintf("create acked %s, ", ms(b.acked))
 	}
+	written := "unknown (the console has more after READY)"
+	if b.readyWritten > 0 {
+		written = ms(b.readyWritten)
+	}
 	return fmt.Sprintf("%splaced on %s %s, qemu started (systemd ExecMainStartTimestamp) %s, status running %s, READY written to the console %s (seen %s; guest uptime at READY %ss)",
-		acked, b.host, ms(b.placed), ms(b.qemu), ms(b.running), ms(b.readyWritten), ms(b.ready), b.guestUptime)
+		acked, b.host, ms(b.placed), ms(b.qemu), ms(b.running), written, ms(b.ready), b.guestUptime)
 }
 
 // watchBoot polls VM name, whose create started at start, until the READY
@@ -316,7 +320,7 @@ func leaderLost(t *testing.T, fault string) {
 		}
 	}
 	slices.Sort(lat)
-	t.Logf("MEASURE leader failover write gap (docker %s of leader node %d's host; 2 CLI writers, each write a new CLI process trying the 3 addresses from a rotating start; median write latency before the kill %s): longest time without an ack from the fault to 10 s after it %s (between the acks at fault%s and fault%s); new leader (node %d) first reported by a survivor %s after the fault; slowest write in flight at the fault %s; first write issued after the fault acked %s after it",
+	t.Logf("MEASURE leader failover write gap (docker %s of leader node %d's host; 2 CLI writers, each write a new CLI process trying the 3 addresses from a rotating start; median write latency before the fault %s): longest time without an ack from the fault to 10 s after it %s (between the acks at fault%s and fault%s); new leader (node %d) first reported by a survivor %s after the fault; slowest write in flight at the fault %s; first write issued after the fault acked %s after it",
 		fault, lid, ms(lat[len(lat)/2]), ms(gap), signed(gapFrom.Sub(kill)), signed(gapTo.Sub(kill)), newID, ms(newLeader), ms(inflight), ms(firstIssuedAfter))
 	t.Logf("writes: %d acknowledged, %d not (timeouts or errors during the failover)", len(acked), len(w.Fails()))
 	vms, err := VMList(c.Addrs(survivors...))
@@ -456,6 +460,7 @@ func TestMinorityPartition(t *testing.T) {
 }
 
 // TestHostLost: the host running a VM is killed; the VM runs elsewhere.
+// When the host comes back (docker restart) it rejoins and runs nothing.
 func TestHostLost(t *testing.T) {
 	c := newCluster(t, 3)
 	samp := c.StartSampler()
@@ -491,6 +496,22 @@ func TestHostLost(t *testing.T) {
 	c.waitFor(time.Minute, "the node-down phase", func() bool { mu.Lock(); defer mu.Unlock(); return down != 0 })
 	t.Logf("MEASURE host loss → VM running elsewhere (%s docker-killed; defaults: --fence-timeout 3s, --down-grace 4s), from the kill: node down %s, %s",
 		victim.Name, ms(down), bt)
+
+	// The host comes back (docker restart of the stopped container): its
+	// node is alive again and the VM stays where it was moved.
+	c.Docker("restart", victim.Container)
+	back := time.Now()
+	c.waitNodes(2*time.Minute, 3)
+	t.Logf("%s back: all nodes alive voters %s after docker restart", victim.Name, ms(time.Since(back)))
+	vm, err := VMStatus(c.Addrs(), "lost")
+	if err != nil || vm.NodeID == victim.ID || vm.Status != "running" {
+		t.Errorf("after %s came back vm lost is %+v (%v), want running elsewhere", victim.Name, vm, err)
+	}
+	if procs, err := c.Qemus(victim); err != nil {
+		t.Error(err)
+	} else if len(procs) > 0 {
+		t.Errorf("the returned host runs %+v", procs)
+	}
 	samp.Check(t)
 }
 
