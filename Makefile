@@ -53,6 +53,8 @@ verify: proto-check
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	go vet -tags e2e ./e2e/
+	go vet -tags simbugs ./sim/ ./consensus/ ./actors/
 	@go mod tidy -diff >/dev/null || { echo "go.mod/go.sum not tidy (run go mod tidy)"; go mod tidy -diff; exit 1; }
 	@echo verify: ok
 
