@@ -813,6 +813,11 @@ func raftUnavailable(op string, err error) error {
 	case errors.Is(err, dragonboat.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, dragonboat.ErrInvalidDeadline), errors.Is(err, dragonboat.ErrTimeoutTooSmall):
 		why = "no quorum: " + op + " timed out"
+		if op == "proposal" {
+			// Like etcd's "request timed out": the entry may sit in the
+			// leader's log and commit once a quorum is back.
+			why += " (outcome unknown: it may still apply once a quorum is back)"
+		}
 	case errors.Is(err, dragonboat.ErrCanceled), errors.Is(err, context.Canceled):
 		why = op + " canceled, outcome unknown"
 	case errors.Is(err, dragonboat.ErrShardNotReady):

@@ -478,8 +478,8 @@ func TestRaftUnavailableWrapsAndExplains(t *testing.T) {
 		err  error
 		want string
 	}{
-		{dragonboat.ErrTimeout, "no quorum: proposal timed out"},
-		{context.DeadlineExceeded, "no quorum: proposal timed out"},
+		{dragonboat.ErrTimeout, "no quorum: proposal timed out (outcome unknown: it may still apply once a quorum is back)"},
+		{context.DeadlineExceeded, "no quorum: proposal timed out (outcome unknown: it may still apply once a quorum is back)"},
 		{dragonboat.ErrCanceled, "proposal canceled"},
 		{dragonboat.ErrShardNotReady, "no leader"},
 		{dragonboat.ErrSystemBusy, "overloaded"},
