@@ -7,7 +7,7 @@ BIN := $(CURDIR)/.bin
 PROTO_DIR := proto/blixardpb
 GO_TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all build test verify proto proto-check bench deps guest demo demo-stop clean
+.PHONY: all build test verify proto proto-check bench deps guest demo demo-docker demo-stop clean
 
 all: build
 
@@ -63,9 +63,14 @@ verify: proto-check
 demo: build
 	./scripts/demo.sh
 
-## demo-stop: stop the cluster `make demo` left running (VMs, nodes, namespace).
+## demo-docker: the demo on three Docker hosts with systemd as PID 1 and the packaged unit.
+demo-docker:
+	./scripts/demo-docker.sh
+
+## demo-stop: stop what `make demo` or `make demo-docker` left running.
 demo-stop:
 	./scripts/demo.sh --clean
+	./scripts/demo-docker.sh --clean
 
 clean:
 	rm -rf bin .bin build
