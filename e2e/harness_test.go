@@ -638,7 +638,9 @@ func (c *Cluster) phases(start time.Time, timeout time.Duration, conds map[strin
 	wg.Wait()
 	for name := range conds {
 		if _, ok := at[name]; !ok {
-			c.t.Fatalf("timed out after %s waiting for %s", timeout, name)
+			// Errorf, not Fatalf: callers may run on goroutines of their own
+			// and still want to report what they saw.
+			c.t.Errorf("timed out after %s waiting for %s", timeout, name)
 		}
 	}
 	return at

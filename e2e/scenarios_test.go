@@ -77,13 +77,36 @@ func (c *Cluster) watchBoot(name string, start time.Time, not *Host, addrs []str
 			return ok
 		},
 	})
+	if h == nil {
+		c.t.Errorf("vm %s was never placed", name)
+		return bt
+	}
 	bt.host = h.Name
 	bt.placed, bt.running, bt.ready = at["vm "+name+" placed"], at["vm "+name+" running"], at["vm "+name+" READY"]
+	if _, ok := at["vm "+name+" READY"]; !ok {
+		console := strings.Split(strings.TrimRight(c.Console(h, name), "\n"), "\n")
+		if len(console) > 40 {
+			console = console[len(console)-40:]
+		}
+		unit, _ := c.Exec(h, "systemctl", "status", "--no-pager", "-n", "20", "blixard-vm-"+name+".service")
+		c.t.Logf("%s: vm %s not READY; console (last 40 lines):\n%s\n%s", h.Name, name, strings.Join(console, "\n"), unit)
+	}
 	if ts := c.unitStart(h, "blixard-vm-"+name+".service"); !ts.IsZero() {
 		bt.qemu = ts.Sub(start)
 	}
 	if ts := c.readyWritten(h, name); !ts.IsZero() {
 		bt.readyWritten = ts.Sub(start)
+	}
+	return bt
+}
+
+// mustBoot is watchBoot on the test's own goroutine: it stops the test
+// when the VM did not boot.
+func (c *Cluster) mustBoot(name string, start time.Time, not *Host, addrs []string, timeout time.Duration) bootTimes {
+	c.t.Helper()
+	bt := c.watchBoot(name, start, not, addrs, timeout)
+	if c.t.Failed() {
+		c.t.FailNow()
 	}
 	return bt
 }
@@ -237,6 +260,9 @@ func (c *Cluster) CreateVMsAndMeasure(t *testing.T, reqs []vmReq) []vmReq {
 			t.Fatal(e)
 		}
 	}
+	if t.Failed() {
+		t.FailNow()
+	}
 	for i, r := range reqs {
 		bt := times[i]
 		t.Logf("MEASURE create→READY %s (%d vcpu, %d MiB, %d created at once, TCG): %s", r.name, r.vcpus, r.memory, len(reqs), bt)
@@ -348,7 +374,7 @@ func TestMinorityPartition(t *testing.T) {
 	samp := c.StartSampler()
 	start := time.Now()
 	c.CreateVM("part")
-	bt := c.watchBoot("part", start, nil, c.Addrs(), 3*time.Minute)
+	bt := c.mustBoot("part", start, nil, c.Addrs(), 3*time.Minute)
 	vm, err := VMStatus(c.Addrs(), "part")
 	if err != nil {
 		t.Fatal(err)
@@ -466,7 +492,7 @@ func TestHostLost(t *testing.T) {
 	samp := c.StartSampler()
 	start := time.Now()
 	c.CreateVM("lost")
-	c.watchBoot("lost", start, nil, c.Addrs(), 3*time.Minute)
+	c.mustBoot("lost", start, nil, c.Addrs(), 3*time.Minute)
 	vm, _ := VMStatus(c.Addrs(), "lost")
 	victim := c.Host(vm.NodeID)
 	var others []*Host
@@ -492,7 +518,7 @@ func TestHostLost(t *testing.T) {
 			}
 		}
 	}()
-	bt := c.watchBoot("lost", kill, victim, c.Addrs(others...), 3*time.Minute)
+	bt := c.mustBoot("lost", kill, victim, c.Addrs(others...), 3*time.Minute)
 	c.waitFor(time.Minute, "the node-down phase", func() bool { mu.Lock(); defer mu.Unlock(); return down != 0 })
 	t.Logf("MEASURE host loss → VM running elsewhere (%s docker-killed; defaults: --fence-timeout 3s, --down-grace 4s), from the kill: node down %s, %s",
 		victim.Name, ms(down), bt)
