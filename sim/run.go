@@ -31,7 +31,10 @@ type Config struct {
 	// Ops is the number of operations over all clients.
 	Ops    int
 	Faults Fault
-	// Duration bounds the fault phase (the workload stops when it ends).
+	// Duration is the length of the fault phase: faults are injected for
+	// that long even when the clients are done earlier (VMs keep running,
+	// so fencing and re-placement are exercised), and clients that are not
+	// done stop then.
 	Duration time.Duration
 	// Converge bounds the liveness phase (default 30 s).
 	Converge time.Duration
@@ -118,6 +121,8 @@ type Report struct {
 	Workload time.Duration // the fault phase
 	Messages struct{ Sent, Dropped, Delayed, Held int64 }
 	Crashes  int
+	// MaxOverlap is the longest time two copies of one VM ran at once.
+	MaxOverlap time.Duration
 	// Files written for a failing run.
 	Files []string
 }
@@ -276,8 +281,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	wg.Wait()
 	rep.Workload = time.Since(h.start)
+	rep.Injected = <-injected // the schedule runs to the end of the phase
 	stopPhase()
-	rep.Injected = <-injected
 
 	// Liveness phase: heal everything, restart what is down, converge.
 	c.net.SetLinks(0, 0)
@@ -311,7 +316,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	// Stop the cluster before judging runs, so "still running" ends now.
 	end := time.Now()
 	closeCluster()
-	single := checkSingleCopy(c.runs.all(), end)
+	single, overlap := checkSingleCopy(c.runs.all(), end)
+	rep.MaxOverlap = overlap
 	sc := &rep.Verdicts[1]
 	if len(single) > 0 {
 		sc.OK, sc.Detail = false, strings.Join(single, "; ")
