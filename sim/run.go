@@ -59,6 +59,10 @@ type Config struct {
 	NoMigrate bool
 }
 
+// Check reports what is wrong with c (a value out of range, planting
+// without the simbugs tag), as Run would.
+func (c Config) Check() error { return c.defaults() }
+
 func (c *Config) defaults() error {
 	if c.Nodes == 0 {
 		c.Nodes = 3
@@ -293,6 +297,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	conv := c.converge(ctx, cfg.Converge)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("run interrupted: %w", err)
+	}
 
 	ops := h.all()
 	for _, o := range ops {

@@ -82,6 +82,9 @@ checker held in every run.`,
 				Converge: converge, CheckTimeout: chkLimit, Dir: "", ReportDir: reportDir,
 				Logger: logger, Plant: bugs, CheckLeaks: leaks, NoMigrate: noMigrate,
 			}
+			if err := base.Check(); err != nil {
+				return usagef("%v", err)
+			}
 			ctx := cmd.Context()
 			start := time.Now()
 			var failed []string
