@@ -30,6 +30,12 @@ type membershipView struct {
 	Gossip    []membership.Member
 	Raft      consensus.Membership
 	Nodes     []*blixardpb.NodeRecord
+	// SeenAlive is, by node id, the last applied index at which this
+	// leader saw the member alive in gossip (or, for one it never saw
+	// alive, the index when it first saw it gone). A down proposal
+	// carries it, so that the state machine refuses it when the node
+	// registered again since (it came back before the proposal landed).
+	SeenAlive map[uint64]uint64
 }
 
 type membershipActionKind int
@@ -51,7 +57,9 @@ type membershipAction struct {
 	Addr   string
 	Record *blixardpb.NodeRecord
 	Status blixardpb.NodeStatus
-	Reply  membership.JoinReply
+	// SeenAlive goes with a down status (membershipView.SeenAlive).
+	SeenAlive uint64
+	Reply     membership.JoinReply
 	// Why is a short reason for the log.
 	Why string
 }
@@ -201,7 +209,7 @@ func planMembership(v membershipView) []membershipAction {
 		}
 		if gone := v.Now.Sub(goneSince); gone >= v.DownGrace {
 			why := fmt.Sprintf("gossip: %s for %s", stateWord(m, ok), gone.Round(time.Millisecond))
-			out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_DOWN, Why: why})
+			out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_DOWN, SeenAlive: v.SeenAlive[id], Why: why})
 		}
 	}
 	return out
