@@ -71,10 +71,13 @@ func (s *State) apply(idx uint64, cmd *blixardpb.Command, fx effectFilter) (outc
 	}
 	out, err := a.dispatch(cmd)
 	if err != nil {
-		return outcome{err: err}, nil
+		out = outcome{err: err}
 	}
 	if rid != "" {
 		s.requests.add(newRequestEntry(rid, idx, out))
+	}
+	if err != nil {
+		return out, nil
 	}
 	return out, a.effects
 }

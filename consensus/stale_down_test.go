@@ -54,3 +54,35 @@ func TestStaleDownAfterReturnIsRefused(t *testing.T) {
 		t.Fatal("registered index lost in the snapshot")
 	}
 }
+
+// TestFailedRequestIsNotAppliedLater is the regression test of a
+// linearizability violation the simulator found (make sim, seed 1): a
+// client's create failed (ALREADY_EXISTS) and it was told so; the VM was
+// deleted; then a late copy of that same request (a re-issued proposal, or
+// one a paused node held) was applied and created the VM. A request id's
+// first result, failures included, is its only result.
+func TestFailedRequestIsNotAppliedLater(t *testing.T) {
+	h := newHarness(t)
+	h.must(cmdNode(1, 8, 8192))
+	h.must(cmdCreateVM("web", 1, 256))
+	res, _ := h.apply(withRID(cmdCreateVM("web", 1, 256), "client-7"))
+	if res.GetError().GetCode() != blixardpb.Code_ALREADY_EXISTS {
+		t.Fatalf("create of an existing vm: %v", res.GetError())
+	}
+	h.must(cmdDelete("web"))
+	res, eff := h.apply(withRID(cmdCreateVM("web", 1, 256), "client-7"))
+	if res.GetError().GetCode() != blixardpb.Code_ALREADY_EXISTS || len(eff) != 0 {
+		t.Fatalf("late copy of the failed create: %v, %d effects; want the first result and nothing done", res.GetError(), len(eff))
+	}
+	if _, ok := h.s.VM("web"); ok {
+		t.Fatal("the late copy of a failed create created the vm")
+	}
+	// The remembered failure survives a snapshot.
+	r := NewState()
+	if err := r.Restore(bytes.NewReader(saveBytes(t, h.s))); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := r.Apply(r.AppliedIndex()+1, withRID(cmdCreateVM("web", 1, 256), "client-7")); res.GetError().GetCode() != blixardpb.Code_ALREADY_EXISTS {
+		t.Fatalf("after restore: %v", res.GetError())
+	}
+}
