@@ -60,7 +60,10 @@ func (n *Node) runFence() {
 				// be about to set this node down on a stale gossip view,
 				// and the state machine refuses that once the node has
 				// registered since the leader last saw it alive.
-				rctx, cancel := context.WithTimeout(n.ctx, timeout)
+				// The VMs are stopped meanwhile, so the loop may wait
+				// for a slow commit (a short limit kept a loaded node
+				// fenced for good).
+				rctx, cancel := context.WithTimeout(n.ctx, max(timeout, 5*time.Second))
 				err := n.upsertSelf(rctx)
 				cancel()
 				if err != nil {
