@@ -203,7 +203,17 @@ func planMembership(v membershipView) []membershipAction {
 			// member never seen gets twice the grace.
 			goneSince = v.Since.Add(v.DownGrace)
 		case m.State == membership.StateDead || m.State == membership.StateLeft:
+			// A death this node saw before it led is old news: while it
+			// followed, the member may have come back to the others
+			// (this node's own view can be stale, say after it was cut
+			// off itself). Count as for a member never seen: from one
+			// grace after leading began (the simulator found a new
+			// leader setting down, on its stale view, a node that was
+			// running its VMs with quorum contact).
 			goneSince = m.Since
+			if lead := v.Since.Add(v.DownGrace); lead.After(goneSince) {
+				goneSince = lead
+			}
 		default:
 			continue
 		}
