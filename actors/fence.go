@@ -22,10 +22,11 @@ const (
 // succeeded, the node fences: it stops the vms supervisor, so nothing
 // restarts them, and stops every VM the driver runs (graceful for
 // FenceStopGrace, then forced). While fenced it keeps stopping whatever
-// runs. When a read succeeds again it lifts the fence: a new vms
-// supervisor reconciles against the state, restarting the VMs still
-// placed here and reporting their status; VMs the cluster re-placed
-// elsewhere in the meantime stay stopped here.
+// runs. When a read succeeds again it registers itself (UpsertNode: a
+// down proposal based on an older gossip view is then refused) and lifts
+// the fence: a new vms supervisor reconciles against the state,
+// restarting the VMs still placed here and reporting their status; VMs
+// the cluster re-placed elsewhere in the meantime stay stopped here.
 //
 // The clock starts when the loop starts: a node restarted without quorum
 // contact fences the VMs its previous run left running.
@@ -55,6 +56,20 @@ func (n *Node) runFence() {
 		if err == nil {
 			lastOK = start
 			if fenced {
+				// Register again before any VM restarts: the leader may
+				// be about to set this node down on a stale gossip view,
+				// and the state machine refuses that once the node has
+				// registered since the leader last saw it alive.
+				// The VMs are stopped meanwhile, so the loop may wait
+				// for a slow commit (a short limit kept a loaded node
+				// fenced for good).
+				rctx, cancel := context.WithTimeout(n.ctx, max(timeout, 5*time.Second))
+				err := n.upsertSelf(rctx)
+				cancel()
+				if err != nil {
+					n.log.Warn("lifting fence: registering this node failed; staying fenced", "err", err)
+					continue
+				}
 				fenced = false
 				n.unfence()
 			}

@@ -54,6 +54,7 @@ func (n *Node) runMembership() {
 	defer tick.Stop()
 	var leaderSince time.Time
 	var lastRejoin time.Time
+	seenAlive := map[uint64]uint64{}
 	rejoining := make(chan struct{}, 1)
 	for {
 		select {
@@ -79,13 +80,25 @@ func (n *Node) runMembership() {
 		leader, _, ok := n.replica.LeaderID()
 		if !ok || leader != n.cfg.NodeID || changer == nil {
 			leaderSince = time.Time{}
+			clear(seenAlive)
 			continue
+		}
+		// Where in the log each member was last seen alive. Read the
+		// index before the gossip view: a registration applied after it
+		// is newer than the sighting.
+		idx := n.replica.AppliedIndex()
+		for _, m := range g.Members() {
+			if m.State == membership.StateAlive || m.State == membership.StateSuspect {
+				seenAlive[m.NodeID] = idx
+			} else if _, ok := seenAlive[m.NodeID]; !ok {
+				seenAlive[m.NodeID] = idx
+			}
 		}
 		if leaderSince.IsZero() {
 			leaderSince = now
 			n.log.Info("leading membership: gossip events now drive raft membership and node status")
 		}
-		n.leadMembership(g, changer, leaderSince)
+		n.leadMembership(g, changer, leaderSince, seenAlive)
 	}
 }
 
@@ -118,7 +131,7 @@ func (n *Node) rejoinGossip(g Gossip) {
 	}
 }
 
-func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since time.Time) {
+func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since time.Time, seenAlive map[uint64]uint64) {
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
 	rm, err := changer.Membership(ctx)
@@ -133,7 +146,7 @@ func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since tim
 	view := membershipView{
 		Self: n.cfg.NodeID, Now: time.Now(), Since: since,
 		DownGrace: n.cfg.DownGrace, DeadVoterGrace: n.cfg.DeadVoterGrace, MaxVoters: n.cfg.MaxVoters,
-		Gossip: g.Members(), Raft: rm, Nodes: nodes,
+		Gossip: g.Members(), Raft: rm, Nodes: nodes, SeenAlive: seenAlive,
 	}
 	for _, a := range planMembership(view) {
 		if n.ctx.Err() != nil {
@@ -164,7 +177,7 @@ func (n *Node) doMembershipAction(ctx context.Context, g Gossip, changer raftMem
 	case actSetStatus:
 		return n.proposeNode(ctx, &blixardpb.Command{
 			RequestId: fmt.Sprintf("gossip-status-%d-%d-%s", a.NodeID, a.Status, nodeRandomHex(6)),
-			Op:        &blixardpb.Command_SetNodeStatus{SetNodeStatus: &blixardpb.SetNodeStatus{NodeId: a.NodeID, Status: a.Status}},
+			Op:        &blixardpb.Command_SetNodeStatus{SetNodeStatus: &blixardpb.SetNodeStatus{NodeId: a.NodeID, Status: a.Status, SeenAliveIndex: a.SeenAlive}},
 		})
 	case actRemoveNode:
 		return n.proposeNode(ctx, &blixardpb.Command{

@@ -33,6 +33,12 @@ type membershipView struct {
 	Gossip         []membership.Member
 	Raft           consensus.Membership
 	Nodes          []*blixardpb.NodeRecord
+	// SeenAlive is, by node id, the last applied index at which this
+	// leader saw the member alive in gossip (or, for one it never saw
+	// alive, the index when it first saw it gone). A down proposal
+	// carries it, so that the state machine refuses it when the node
+	// registered again since (it came back before the proposal landed).
+	SeenAlive map[uint64]uint64
 }
 
 type membershipActionKind int
@@ -58,7 +64,9 @@ type membershipAction struct {
 	Addr   string
 	Record *blixardpb.NodeRecord
 	Status blixardpb.NodeStatus
-	Reply  membership.JoinReply
+	// SeenAlive goes with a down status (membershipView.SeenAlive).
+	SeenAlive uint64
+	Reply     membership.JoinReply
 	// Why is a short reason for the log.
 	Why string
 }
@@ -225,13 +233,23 @@ func planMembership(v membershipView) []membershipAction {
 			// member never seen gets twice the grace.
 			goneSince = v.Since.Add(v.DownGrace)
 		case m.State == membership.StateDead || m.State == membership.StateLeft:
+			// A death this node saw before it led is old news: while it
+			// followed, the member may have come back to the others
+			// (this node's own view can be stale, say after it was cut
+			// off itself). Count as for a member never seen: from one
+			// grace after leading began (the simulator found a new
+			// leader setting down, on its stale view, a node that was
+			// running its VMs with quorum contact).
 			goneSince = m.Since
+			if lead := v.Since.Add(v.DownGrace); lead.After(goneSince) {
+				goneSince = lead
+			}
 		default:
 			continue
 		}
 		if gone := v.Now.Sub(goneSince); gone >= v.DownGrace {
 			why := fmt.Sprintf("gossip: %s for %s", stateWord(m, ok), gone.Round(time.Millisecond))
-			out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_DOWN, Why: why})
+			out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_DOWN, SeenAlive: v.SeenAlive[id], Why: why})
 		}
 	}
 	return out

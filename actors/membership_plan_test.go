@@ -82,6 +82,20 @@ func TestPlanMembership(t *testing.T) {
 			want: []string{"set node 2 down"},
 		},
 		{
+			name: "dead since before leading began: nothing within twice the grace of leading",
+			view: membershipView{Self: 1, Since: t0, Now: t0.Add(2*grace - time.Millisecond), DownGrace: grace,
+				Gossip: []membership.Member{member(2, membership.StateDead, t0.Add(-time.Hour), false)},
+				Raft:   raft([]uint64{1, 2}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive), rec(2, alive)}},
+			want: nil,
+		},
+		{
+			name: "dead since before leading began: down past twice the grace of leading",
+			view: membershipView{Self: 1, Since: t0, Now: t0.Add(2 * grace), DownGrace: grace,
+				Gossip: []membership.Member{member(2, membership.StateDead, t0.Add(-time.Hour), false)},
+				Raft:   raft([]uint64{1, 2}, nil), Nodes: []*blixardpb.NodeRecord{rec(1, alive), rec(2, alive)}},
+			want: []string{"set node 2 down"},
+		},
+		{
 			name: "already down: nothing",
 			view: membershipView{Self: 1, Now: t0.Add(time.Hour), DownGrace: grace,
 				Gossip: []membership.Member{member(2, membership.StateDead, t0, false)},

@@ -65,16 +65,19 @@ func (s *State) apply(idx uint64, cmd *blixardpb.Command, fx effectFilter) (outc
 			return e.outcome(), nil
 		}
 	}
-	a := applier{State: s, now: cmd.GetTimeUnixMs(), fx: fx}
+	a := applier{State: s, idx: idx, now: cmd.GetTimeUnixMs(), fx: fx}
 	if simbug.On(simbug.ApplyWallClock) {
 		a.now = simbug.WallClockMs() // planted bug: breaks determinism
 	}
 	out, err := a.dispatch(cmd)
 	if err != nil {
-		return outcome{err: err}, nil
+		out = outcome{err: err}
 	}
 	if rid != "" {
 		s.requests.add(newRequestEntry(rid, idx, out))
+	}
+	if err != nil {
+		return out, nil
 	}
 	return out, a.effects
 }
@@ -157,6 +160,7 @@ func errResult(e *cmdErr) *blixardpb.Result {
 // applier carries what one command's application accumulates.
 type applier struct {
 	*State
+	idx     uint64 // the log index being applied
 	now     int64
 	fx      effectFilter
 	effects []Effect
@@ -309,6 +313,7 @@ func (a *applier) upsertNode(op *blixardpb.UpsertNode) (outcome, *cmdErr) {
 	n.memoryMB = rec.GetMemoryMb()
 	n.labels = labels
 	n.updatedMS = a.now
+	n.registeredIdx = a.idx
 	if st := rec.GetStatus(); st != blixardpb.NodeStatus_NODE_STATUS_UNSPECIFIED {
 		a.setStatus(n, st)
 	}
@@ -331,6 +336,11 @@ func (a *applier) setNodeStatus(op *blixardpb.SetNodeStatus) (outcome, *cmdErr) 
 	n, err := a.node(op.GetNodeId())
 	if err != nil {
 		return outcome{}, err
+	}
+	if seen := op.GetSeenAliveIndex(); seen != 0 && op.GetStatus() == blixardpb.NodeStatus_NODE_STATUS_DOWN && n.registeredIdx > seen {
+		// The node came back (and may run its VMs again) after the
+		// proposer last saw it alive: its view is stale.
+		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "stale: node %d registered again at index %d, after it was last seen alive at index %d", n.id, n.registeredIdx, seen)
 	}
 	if n.status != op.GetStatus() {
 		n.updatedMS = a.now

@@ -501,14 +501,18 @@ func TestApplyRequestID(t *testing.T) {
 	if again, _ := h.apply(withRID(cmdStop("db"), "req-1")); again.GetError().GetCode() != blixardpb.Code_OK || again.GetVm().GetSpec().GetName() != "db" {
 		t.Fatalf("retry after delete = %v", again)
 	}
-	// Failed commands are not remembered: the retry runs again.
+	// Failed commands are remembered too: the retry returns the failure
+	// even once the command would succeed (TestFailedRequestIsNotAppliedLater).
 	if r, _ := h.apply(withRID(cmdStart("x"), "req-2")); r.GetError().GetCode() != codeNotFound {
 		t.Fatalf("got %v", r)
 	}
 	h.must(withRID(cmdCreateVM("x", 1, 256), "req-3"))
 	h.s.Apply(h.s.AppliedIndex()+1, cmdStop("x"))
-	if r, _ := h.apply(withRID(cmdStart("x"), "req-2")); r.GetError().GetCode() != blixardpb.Code_OK {
-		t.Fatalf("retry of a failed command = %v", r)
+	if r, _ := h.apply(withRID(cmdStart("x"), "req-2")); r.GetError().GetCode() != codeNotFound {
+		t.Fatalf("retry of a failed command = %v, want its first result", r)
+	}
+	if v, _ := h.s.VM("x"); v.GetDesired() != blixardpb.DesiredState_DESIRED_STOPPED {
+		t.Fatalf("the retry of a failed start started x")
 	}
 }
 

@@ -35,6 +35,6 @@
 //     02:00 followed by the address's four octets; the TAP is
 //     vm-<base36 id>.
 //   - Commands with a request id are remembered (the last MaxRequests
-//     successful ones, evicted oldest first): a retry returns the first
+//     ones, failures included, evicted oldest first): a retry returns the first
 //     result and changes nothing.
 package consensus

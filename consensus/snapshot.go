@@ -331,6 +331,8 @@ func (s *State) restoreNode(r *blixardpb.NodeRecord) error {
 		schedulable: r.GetSchedulable(),
 		updatedMS:   r.GetUpdatedUnixMs(),
 		vms:         make(map[uint64]*vm),
+
+		registeredIdx: r.GetRegisteredIndex(),
 	}
 	s.nodes[n.id] = n
 	s.nodeOrder = append(s.nodeOrder, n)

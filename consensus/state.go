@@ -89,6 +89,9 @@ type node struct {
 	status      blixardpb.NodeStatus
 	schedulable bool
 	updatedMS   int64
+	// registeredIdx is the applied index of the node's last UpsertNode:
+	// a down proposal based on an older sighting is stale.
+	registeredIdx uint64
 
 	// Derived (rebuilt on restore): what the VMs placed here take.
 	usedVcpus uint64 // VMs whose desired state is running
@@ -324,6 +327,8 @@ func (n *node) record() *blixardpb.NodeRecord {
 		Schedulable:   n.schedulable,
 		Version:       n.version,
 		UpdatedUnixMs: n.updatedMS,
+		// The index the node last registered at.
+		RegisteredIndex: n.registeredIdx,
 	}
 }
 

@@ -2,18 +2,21 @@ package consensus
 
 import "github.com/blixard/blixard/proto/blixardpb"
 
-// requestTable remembers the results of the last MaxRequests successful
-// commands that carried a request id, in log order, so a client that
-// retries (say, after ErrUnavailable) gets the first result instead of a
-// second effect. Failed commands are not remembered: they changed nothing,
-// so running a retry again is safe.
+// requestTable remembers the results of the last MaxRequests commands
+// that carried a request id, in log order, so a client that retries (say,
+// after ErrUnavailable) gets the first result instead of a second effect.
+// Failed commands are remembered too: a copy of a command that failed
+// (ALREADY_EXISTS, say) can still be in flight — a proposal re-issued after
+// a lost message, a message held by a slow network — and applied later,
+// when it would succeed, after the client was told it failed (the
+// simulator found this: TestFailedRequestIsNotAppliedLater).
 type requestTable struct {
 	byID  map[string]*requestEntry
 	order []*requestEntry // oldest first; order[head:] is live
 	head  int
 }
 
-// requestEntry is one remembered success. It keeps the outcome compactly:
+// requestEntry is one remembered result. It keeps the outcome compactly:
 // a copy of the VM or node record as it was after the first application
 // (the domain struct, whose strings and slices are immutable and shared,
 // so the copy is one allocation), or neither for commands that return no
@@ -29,10 +32,13 @@ type requestEntry struct {
 	vmCopy vm                // what vm points to: one allocation for both
 }
 
-// newRequestEntry remembers the successful outcome out of the command with
-// request id at log index idx.
+// newRequestEntry remembers the outcome out of the command with request
+// id at log index idx.
 func newRequestEntry(id string, idx uint64, out outcome) *requestEntry {
 	e := &requestEntry{id: id, index: idx, result: out.res}
+	if out.err != nil {
+		e.result = errResult(out.err)
+	}
 	if out.vm != nil {
 		e.vmCopy = *out.vm
 		e.vm = &e.vmCopy

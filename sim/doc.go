@@ -40,7 +40,8 @@
 // report and history next to the porcupine visualisation.
 //
 // Planted bugs (internal/simbug, the simbugs build tag) prove that the
-// checkers can fail: see planted_test.go.
+// checkers can fail: see planted_test.go. docs/sim.md has the operator's
+// view and the bugs the harness found.
 //
 // Who may import it: cmd/ only.
 package sim

@@ -160,9 +160,8 @@ func sorted(ids []uint64) []uint64 {
 	return out
 }
 
-// inject runs the schedule until ctx ends (the workload finished or the
-// phase ran out), healing each window at its end. It returns how many
-// windows began.
+// inject runs the schedule until it or ctx ends, healing each window at
+// its end. It returns how many windows began.
 func (c *cluster) inject(ctx context.Context, events []faultEvent) int {
 	start := time.Now()
 	n := 0

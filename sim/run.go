@@ -31,7 +31,10 @@ type Config struct {
 	// Ops is the number of operations over all clients.
 	Ops    int
 	Faults Fault
-	// Duration bounds the fault phase (the workload stops when it ends).
+	// Duration is the length of the fault phase: faults are injected for
+	// that long even when the clients are done earlier (VMs keep running,
+	// so fencing and re-placement are exercised), and clients that are not
+	// done stop then.
 	Duration time.Duration
 	// Converge bounds the liveness phase (default 30 s).
 	Converge time.Duration
@@ -55,6 +58,10 @@ type Config struct {
 	// the old one stopped).
 	NoMigrate bool
 }
+
+// Check reports what is wrong with c (a value out of range, planting
+// without the simbugs tag), as Run would.
+func (c Config) Check() error { return c.defaults() }
 
 func (c *Config) defaults() error {
 	if c.Nodes == 0 {
@@ -118,6 +125,8 @@ type Report struct {
 	Workload time.Duration // the fault phase
 	Messages struct{ Sent, Dropped, Delayed, Held int64 }
 	Crashes  int
+	// MaxOverlap is the longest time two copies of one VM ran at once.
+	MaxOverlap time.Duration
 	// Files written for a failing run.
 	Files []string
 }
@@ -276,8 +285,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	wg.Wait()
 	rep.Workload = time.Since(h.start)
+	rep.Injected = <-injected // the schedule runs to the end of the phase
 	stopPhase()
-	rep.Injected = <-injected
 
 	// Liveness phase: heal everything, restart what is down, converge.
 	c.net.SetLinks(0, 0)
@@ -288,6 +297,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	conv := c.converge(ctx, cfg.Converge)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("run interrupted: %w", err)
+	}
 
 	ops := h.all()
 	for _, o := range ops {
@@ -311,7 +323,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	// Stop the cluster before judging runs, so "still running" ends now.
 	end := time.Now()
 	closeCluster()
-	single := checkSingleCopy(c.runs.all(), end)
+	single, overlap := checkSingleCopy(c.runs.all(), end)
+	rep.MaxOverlap = overlap
 	sc := &rep.Verdicts[1]
 	if len(single) > 0 {
 		sc.OK, sc.Detail = false, strings.Join(single, "; ")

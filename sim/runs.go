@@ -71,7 +71,7 @@ func (l *runLog) running() map[uint64][]nodeRun {
 // grace are meant to make any overlap impossible (docs/failover.md), so
 // no overlap is tolerated; the simulator's timings keep that document's
 // inequality with a wide margin.
-func checkSingleCopy(runs []nodeRun, end time.Time) []string {
+func checkSingleCopy(runs []nodeRun, end time.Time) ([]string, time.Duration) {
 	byID := map[uint64][]nodeRun{}
 	for _, r := range runs {
 		byID[r.ID] = append(byID[r.ID], r)
@@ -88,6 +88,7 @@ func checkSingleCopy(runs []nodeRun, end time.Time) []string {
 		return r.StoppedAt
 	}
 	var out []string
+	var longest time.Duration
 	for _, id := range ids {
 		rs := byID[id]
 		for i := range rs {
@@ -95,6 +96,7 @@ func checkSingleCopy(runs []nodeRun, end time.Time) []string {
 				a, b := rs[i], rs[j]
 				if a.StartedAt.Before(stop(b)) && b.StartedAt.Before(stop(a)) {
 					ov := earlier(stop(a), stop(b)).Sub(later(a.StartedAt, b.StartedAt))
+					longest = max(longest, ov)
 					out = append(out, fmt.Sprintf("vm %s (id %d) ran twice at once for %s: node %d run %d [%s, %s) and node %d run %d [%s, %s)",
 						a.Name, id, ov.Round(time.Millisecond), a.Node, a.Seq, a.StartedAt.Format("15:04:05.000"), fmtStop(a),
 						b.Node, b.Seq, b.StartedAt.Format("15:04:05.000"), fmtStop(b)))
@@ -102,7 +104,7 @@ func checkSingleCopy(runs []nodeRun, end time.Time) []string {
 			}
 		}
 	}
-	return out
+	return out, longest
 }
 
 func fmtStop(r nodeRun) string {

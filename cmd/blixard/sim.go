@@ -20,6 +20,7 @@ func (a *app) simCmd() *cobra.Command {
 		seed                         int64
 		nodes, clients, ops, runs    int
 		faults, reportDir, logFile   string
+		logLevel                     string
 		plant                        string
 		duration, converge, chkLimit time.Duration
 		leaks, verbose, noMigrate    bool
@@ -68,6 +69,10 @@ checker held in every run.`,
 			if seed < 0 {
 				return usagef("invalid --seed %d: must not be negative", seed)
 			}
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return usagef("invalid --log-level %q: want debug, info, warn or error", logLevel)
+			}
 			logger := slog.New(slog.NewTextHandler(discard{}, nil))
 			if logFile != "" {
 				f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -75,12 +80,15 @@ checker held in every run.`,
 					return fmt.Errorf("opening --log: %w", err)
 				}
 				defer f.Close()
-				logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelWarn}))
+				logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: lvl}))
 			}
 			base := sim.Config{
 				Nodes: nodes, Clients: clients, Ops: ops, Faults: fs, Duration: duration,
 				Converge: converge, CheckTimeout: chkLimit, Dir: "", ReportDir: reportDir,
 				Logger: logger, Plant: bugs, CheckLeaks: leaks, NoMigrate: noMigrate,
+			}
+			if err := base.Check(); err != nil {
+				return usagef("%v", err)
 			}
 			ctx := cmd.Context()
 			start := time.Now()
@@ -136,7 +144,8 @@ checker held in every run.`,
 	f.DurationVar(&chkLimit, "check-timeout", 30*time.Second, "limit of the linearizability check (a timeout is a failure)")
 	f.IntVar(&runs, "runs", 1, "number of runs (seeds S, S+1, ...)")
 	f.StringVar(&reportDir, "report-dir", "sim-reports", "where failing runs write their report, history and HTML visualisation")
-	f.StringVar(&logFile, "log", "", "append the nodes' warnings and errors to this file")
+	f.StringVar(&logFile, "log", "", "append the nodes' logs to this file (see --log-level)")
+	f.StringVar(&logLevel, "log-level", "warn", "level of --log: debug, info, warn or error")
 	f.StringVar(&plant, "plant", "", "plant known bugs (needs -tags simbugs): "+bugNames())
 	f.BoolVar(&leaks, "check-leaks", false, "fail a run that leaves goroutines behind")
 	f.BoolVar(&noMigrate, "no-migrate", false, "leave migrations out of the workload")

@@ -765,8 +765,10 @@ type NodeRecord struct {
 	Schedulable   bool                   `protobuf:"varint,9,opt,name=schedulable,proto3" json:"schedulable,omitempty"`
 	Version       string                 `protobuf:"bytes,10,opt,name=version,proto3" json:"version,omitempty"`
 	UpdatedUnixMs int64                  `protobuf:"varint,11,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The applied index of the node's last registration (UpsertNode).
+	RegisteredIndex uint64 `protobuf:"varint,12,opt,name=registered_index,json=registeredIndex,proto3" json:"registered_index,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NodeRecord) Reset() {
@@ -872,6 +874,13 @@ func (x *NodeRecord) GetVersion() string {
 func (x *NodeRecord) GetUpdatedUnixMs() int64 {
 	if x != nil {
 		return x.UpdatedUnixMs
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetRegisteredIndex() uint64 {
+	if x != nil {
+		return x.RegisteredIndex
 	}
 	return 0
 }
@@ -1504,11 +1513,16 @@ func (x *UpsertNode) GetNode() *NodeRecord {
 }
 
 type SetNodeStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Status        NodeStatus             `protobuf:"varint,2,opt,name=status,proto3,enum=blixard.v1.NodeStatus" json:"status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Status NodeStatus             `protobuf:"varint,2,opt,name=status,proto3,enum=blixard.v1.NodeStatus" json:"status,omitempty"`
+	// For status down: the last applied index at which the proposer saw the
+	// node alive. Nonzero, the command is refused when the node registered
+	// (UpsertNode) at a later index: it came back, and may already run its
+	// VMs again, since the proposer last saw it.
+	SeenAliveIndex uint64 `protobuf:"varint,3,opt,name=seen_alive_index,json=seenAliveIndex,proto3" json:"seen_alive_index,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SetNodeStatus) Reset() {
@@ -1553,6 +1567,13 @@ func (x *SetNodeStatus) GetStatus() NodeStatus {
 		return x.Status
 	}
 	return NodeStatus_NODE_STATUS_UNSPECIFIED
+}
+
+func (x *SetNodeStatus) GetSeenAliveIndex() uint64 {
+	if x != nil {
+		return x.SeenAliveIndex
+	}
+	return 0
 }
 
 type SetNodeSchedulable struct {
@@ -3221,7 +3242,7 @@ const file_blixard_proto_rawDesc = "" +
 	" \x01(\tR\x03mac\x12\x10\n" +
 	"\x03tap\x18\v \x01(\tR\x03tap\x12&\n" +
 	"\x0fcreated_unix_ms\x18\f \x01(\x03R\rcreatedUnixMs\x12&\n" +
-	"\x0fupdated_unix_ms\x18\r \x01(\x03R\rupdatedUnixMs\"\xb3\x03\n" +
+	"\x0fupdated_unix_ms\x18\r \x01(\x03R\rupdatedUnixMs\"\xde\x03\n" +
 	"\n" +
 	"NodeRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
@@ -3236,7 +3257,8 @@ const file_blixard_proto_rawDesc = "" +
 	"\vschedulable\x18\t \x01(\bR\vschedulable\x12\x18\n" +
 	"\aversion\x18\n" +
 	" \x01(\tR\aversion\x12&\n" +
-	"\x0fupdated_unix_ms\x18\v \x01(\x03R\rupdatedUnixMs\x1a9\n" +
+	"\x0fupdated_unix_ms\x18\v \x01(\x03R\rupdatedUnixMs\x12)\n" +
+	"\x10registered_index\x18\f \x01(\x04R\x0fregisteredIndex\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +
@@ -3287,10 +3309,11 @@ const file_blixard_proto_rawDesc = "" +
 	"\amessage\x18\a \x01(\tR\amessage\"8\n" +
 	"\n" +
 	"UpsertNode\x12*\n" +
-	"\x04node\x18\x01 \x01(\v2\x16.blixard.v1.NodeRecordR\x04node\"X\n" +
+	"\x04node\x18\x01 \x01(\v2\x16.blixard.v1.NodeRecordR\x04node\"\x82\x01\n" +
 	"\rSetNodeStatus\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12.\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x16.blixard.v1.NodeStatusR\x06status\"O\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x16.blixard.v1.NodeStatusR\x06status\x12(\n" +
+	"\x10seen_alive_index\x18\x03 \x01(\x04R\x0eseenAliveIndex\"O\n" +
 	"\x12SetNodeSchedulable\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12 \n" +
 	"\vschedulable\x18\x02 \x01(\bR\vschedulable\"%\n" +
