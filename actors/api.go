@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/blixard/blixard/consensus"
-	"github.com/blixard/blixard/internal/simbug"
+	"github.com/blixard/blixard/consensus/simbug"
 	"github.com/blixard/blixard/microvm"
 	"github.com/blixard/blixard/proto/blixardpb"
 )

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/blixard/blixard/consensus"
-	"github.com/blixard/blixard/internal/simbug"
+	"github.com/blixard/blixard/consensus/simbug"
 )
 
 // Defaults of self-fencing (NodeConfig.FenceTimeout, FenceStopGrace).

@@ -9,7 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/blixard/blixard/internal/simbug"
+	"github.com/blixard/blixard/consensus/simbug"
 	"github.com/blixard/blixard/proto/blixardpb"
 )
 

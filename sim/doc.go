@@ -39,7 +39,7 @@
 // need `--runs K` at that seed to show again, and each failure writes its
 // report and history next to the porcupine visualisation.
 //
-// Planted bugs (internal/simbug, the simbugs build tag) prove that the
+// Planted bugs (consensus/simbug, the simbugs build tag) prove that the
 // checkers can fail: see planted_test.go. docs/sim.md has the operator's
 // view and the bugs the harness found.
 //

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blixard/blixard/internal/simbug"
+	"github.com/blixard/blixard/consensus/simbug"
 )
 
 // maxSeedsPerBug bounds how many seeds the harness may need to report a

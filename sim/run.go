@@ -19,7 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/blixard/blixard/consensus"
-	"github.com/blixard/blixard/internal/simbug"
+	"github.com/blixard/blixard/consensus/simbug"
 	"github.com/blixard/blixard/proto/blixardpb"
 )
 

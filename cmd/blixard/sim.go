@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/blixard/blixard/internal/simbug"
+	"github.com/blixard/blixard/consensus/simbug"
 	"github.com/blixard/blixard/sim"
 )
 

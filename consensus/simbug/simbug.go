@@ -8,6 +8,9 @@
 // tag.
 //
 // Who may import it: consensus/, actors/ (the planted branches) and sim/.
+// It lives under consensus/ because DESIGN.md §2 fixes the top-level
+// layout and lets consensus/ import only proto/ (and its own packages),
+// while actors/ and sim/ may import consensus/; it imports nothing.
 package simbug
 
 // Bug names one planted bug.
