@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/cmd/blixard/internal/benchsuite"
 )
 
 // BenchmarkAgentOverhead boots 20 real guests (qemu, TCG, 128 MiB, no
@@ -55,7 +57,7 @@ func BenchmarkAgentOverhead(b *testing.B) {
 			agent.Process.Kill()
 			<-done
 		}
-		for _, pid := range qemuPids(dataDir) {
+		for _, pid := range benchsuite.QemuPids(dataDir) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -119,7 +121,7 @@ func BenchmarkAgentOverhead(b *testing.B) {
 		return ready == vms, fmt.Sprintf("%d ready", ready)
 	})
 	boot := time.Since(start)
-	if n := len(qemuPids(dataDir)); n != vms {
+	if n := len(benchsuite.QemuPids(dataDir)); n != vms {
 		b.Fatalf("want %d qemu processes, got %d", vms, n)
 	}
 	idleFrom := sample()

@@ -10,11 +10,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blixard/blixard/cmd/blixard/internal/benchsuite"
 )
 
 // The real-qemu agent test: one single-node `blixard run --driver qemu
@@ -49,47 +50,6 @@ func qemuGuest(tb testing.TB) (kernel, initrd string) {
 		}
 	}
 	return kernel, initrd
-}
-
-// qemuPids returns the pids of live qemu processes whose command line
-// names a file under dir (a VM's state dir), sorted.
-func qemuPids(dir string) []int {
-	dir = filepath.Clean(dir) + string(filepath.Separator)
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if !strings.Contains(filepath.Base(argv[0]), "qemu-system") || isZombie(pid) {
-			continue
-		}
-		for _, a := range argv[1:] {
-			if strings.Contains(a, dir) {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	sort.Ints(pids)
-	return pids
-}
-
-// isZombie reports whether pid has exited but is not yet reaped.
-func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z' || s[i+2] == 'X'
 }
 
 // qemuAgentFlags are the `blixard run` flags of a single qemu node on
@@ -130,7 +90,7 @@ func newQemuAgent(t *testing.T, bin string) *qemuAgent {
 	t.Cleanup(func() {
 		a.c.kill(nd)
 		// VMs outlive the agent by design: kill what it left behind.
-		for _, pid := range qemuPids(a.vmsDir()) {
+		for _, pid := range benchsuite.QemuPids(a.vmsDir()) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		if t.Failed() {
@@ -232,7 +192,7 @@ func (a *qemuAgent) waitReady(name string) {
 func (a *qemuAgent) onePid(name string) int {
 	var pid int
 	waitUntil(a.c.t, 60*time.Second, "one qemu process for "+name, func() (bool, string) {
-		pids := qemuPids(a.stateDir(name))
+		pids := benchsuite.QemuPids(a.stateDir(name))
 		if len(pids) == 1 {
 			pid = pids[0]
 		}
@@ -264,7 +224,7 @@ func TestQemuAgentLifecycle(t *testing.T) {
 	var restarted int
 	waitUntil(t, 90*time.Second, "a1 running again with restarts 1 and a new qemu", func() (bool, string) {
 		st, out, ok := a.vmStatus("a1")
-		pids := qemuPids(a.stateDir("a1"))
+		pids := benchsuite.QemuPids(a.stateDir("a1"))
 		seen := fmt.Sprintf("%s pids=%v", out, pids)
 		if !ok || st.Status != "running" || st.Restarts != 1 || len(pids) != 1 || pids[0] == first {
 			return false, seen
@@ -287,7 +247,7 @@ func TestQemuAgentLifecycle(t *testing.T) {
 	// failed is terminal under --restart never: the status and the
 	// absence of a qemu hold across a few more status round trips.
 	for i := 0; i < 5; i++ {
-		if pids := qemuPids(a.stateDir("n1")); len(pids) != 0 {
+		if pids := benchsuite.QemuPids(a.stateDir("n1")); len(pids) != 0 {
 			t.Fatalf("n1 (--restart never) has qemu %v after failing", pids)
 		}
 		if st, out, ok := a.vmStatus("n1"); !ok || st.Status != "failed" {
@@ -297,7 +257,7 @@ func TestQemuAgentLifecycle(t *testing.T) {
 
 	// Agent restart: VMs keep running and are re-adopted, not restarted.
 	a.stop()
-	if pids := qemuPids(a.stateDir("a1")); len(pids) != 1 || pids[0] != restarted {
+	if pids := benchsuite.QemuPids(a.stateDir("a1")); len(pids) != 1 || pids[0] != restarted {
 		t.Fatalf("a1's qemu after agent SIGTERM: want [%d] still running, got %v", restarted, pids)
 	}
 	a.start()
@@ -309,28 +269,28 @@ func TestQemuAgentLifecycle(t *testing.T) {
 	if st.Restarts != 1 {
 		t.Fatalf("a1 after agent restart: want restarts 1 (re-adopted), got %s", out)
 	}
-	if pids := qemuPids(a.stateDir("a1")); len(pids) != 1 || pids[0] != restarted {
+	if pids := benchsuite.QemuPids(a.stateDir("a1")); len(pids) != 1 || pids[0] != restarted {
 		t.Fatalf("a1 after agent restart: want its qemu %d re-adopted, got %v", restarted, pids)
 	}
 	// n1's failure outlives the agent: the new agent keeps it down.
 	if st, out, ok := a.vmStatus("n1"); !ok || st.Status != "failed" || st.Message == "" {
 		t.Fatalf("n1 after agent restart: want still failed with a message, got %s", out)
 	}
-	if pids := qemuPids(a.stateDir("n1")); len(pids) != 0 {
+	if pids := benchsuite.QemuPids(a.stateDir("n1")); len(pids) != 0 {
 		t.Fatalf("n1 (--restart never, failed) started again by the new agent: qemu %v", pids)
 	}
 
 	// Delete: no process and no state dir remain.
 	a.mustCLI("vm", "delete", "a1", "--wait", "--timeout", "60s")
 	waitUntil(t, 60*time.Second, "a1's qemu and state dir gone", func() (bool, string) {
-		pids := qemuPids(a.stateDir("a1"))
+		pids := benchsuite.QemuPids(a.stateDir("a1"))
 		_, err := os.Stat(a.stateDir("a1"))
 		return len(pids) == 0 && os.IsNotExist(err), fmt.Sprintf("pids=%v stat=%v", pids, err)
 	})
 	if _, out, ok := a.vmStatus("a1"); ok {
 		t.Fatalf("a1 still reported after delete: %s", out)
 	}
-	if pids := qemuPids(a.stateDir("n1")); len(pids) != 0 {
+	if pids := benchsuite.QemuPids(a.stateDir("n1")); len(pids) != 0 {
 		t.Fatalf("n1 (--restart never, failed) started again by the new agent: qemu %v", pids)
 	}
 }
@@ -360,7 +320,7 @@ func BenchmarkBootRatio(b *testing.B) {
 		})
 		da := time.Since(t0)
 		if argv == nil {
-			pids := qemuPids(dir)
+			pids := benchsuite.QemuPids(dir)
 			if len(pids) != 1 {
 				b.Fatalf("want one qemu for %s, got %v", name, pids)
 			}
@@ -373,7 +333,7 @@ func BenchmarkBootRatio(b *testing.B) {
 			b.Logf("driver argv: %q", argv)
 		}
 		h.must("vm", "delete", name, "--wait", "--timeout", "60s")
-		h.waitFor(60*time.Second, name+"'s qemu gone", func() bool { return len(qemuPids(dir)) == 0 })
+		h.waitFor(60*time.Second, name+"'s qemu gone", func() bool { return len(benchsuite.QemuPids(dir)) == 0 })
 
 		db := h.bootByHand(argv, argvDir, filepath.Join(h.tmp, fmt.Sprintf("hand%d", i)))
 		as, bs = append(as, da.Seconds()), append(bs, db.Seconds())
@@ -448,7 +408,7 @@ func newBenchAgent(tb testing.TB) *benchAgent {
 	tb.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGKILL)
 		<-done
-		for _, pid := range qemuPids(filepath.Join(h.dataDir, "vms")) {
+		for _, pid := range benchsuite.QemuPids(filepath.Join(h.dataDir, "vms")) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		if tb.Failed() {

@@ -64,9 +64,10 @@ func waitForMarker(ctx context.Context, path, marker string, timeout time.Durati
 	}
 }
 
-// qemuPids returns the pids of live qemu processes whose command line
-// names a file under dir, sorted.
-func qemuPids(dir string) []int {
+// QemuPids returns the pids of live (not zombie) qemu processes whose
+// command line names a file under dir, sorted. The CLI's qemu tests use it
+// too.
+func QemuPids(dir string) []int {
 	dir = filepath.Clean(dir) + string(filepath.Separator)
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
@@ -148,7 +149,7 @@ func startBootAgent(ctx context.Context, e *env) (*bootAgent, error) {
 
 func (a *bootAgent) stop() {
 	a.p.stop(20 * time.Second)
-	for _, pid := range qemuPids(a.dataDir) {
+	for _, pid := range QemuPids(a.dataDir) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
@@ -207,7 +208,7 @@ func (a *bootAgent) bootA(ctx context.Context, name, kernel, initrd string) (tim
 		return 0, nil, cpu, err
 	}
 	d := seen.Sub(t0)
-	pids := qemuPids(vmDir)
+	pids := QemuPids(vmDir)
 	if len(pids) != 1 {
 		return 0, nil, cpu, fmt.Errorf("want one qemu for %s, found %v", name, pids)
 	}
@@ -227,7 +228,7 @@ func (a *bootAgent) bootA(ctx context.Context, name, kernel, initrd string) (tim
 	if _, _, err := a.cli(ctx, "vm", "delete", name, "--wait", "--timeout", "1m"); err != nil {
 		return 0, nil, cpu, err
 	}
-	err = poll(ctx, time.Minute, name+"'s qemu gone", func() (bool, error) { return len(qemuPids(vmDir)) == 0, nil })
+	err = poll(ctx, time.Minute, name+"'s qemu gone", func() (bool, error) { return len(QemuPids(vmDir)) == 0, nil })
 	return d, argv, cpu, err
 }
 
