@@ -27,6 +27,10 @@ const (
 	DefaultAttemptTimeout = 10 * time.Second
 	DefaultRetryWindow    = 30 * time.Second
 	probeTimeout          = time.Second
+	// pingTimeout bounds the status probe of a node not yet known to
+	// answer: a paused process's kernel still accepts TCP, so only an
+	// answer from its api actor tells it is alive.
+	pingTimeout = 2 * time.Second
 )
 
 // Option configures a Client.
@@ -253,6 +257,10 @@ func (c *Client) call(ctx context.Context, req proto.Message, extra time.Duratio
 	n := len(c.addrs)
 	backoff := 100 * time.Millisecond
 	var lastErr error
+	// Each address not known to answer gets one status probe per call, on
+	// its first attempt; later attempts skip it, so a slow but live
+	// cluster (every probe too late) is still served.
+	pinged := make(map[string]bool, n)
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 && attempt%n == 0 {
 			t := time.NewTimer(backoff)
@@ -272,7 +280,9 @@ func (c *Client) call(ctx context.Context, req proto.Message, extra time.Duratio
 		// Whether the end of the retry window cuts this attempt short.
 		dl, hasDL := ctx.Deadline()
 		lastChance := hasDL && time.Until(dl) < c.opts.attemptTimeout+extra
-		res, err := c.attempt(ctx, addr, req, extra)
+		ping := !pinged[addr]
+		pinged[addr] = true
+		res, err := c.attempt(ctx, addr, req, extra, ping)
 		if err != nil {
 			c.setHealthy(addr, false)
 			var answered *Error
@@ -313,22 +323,39 @@ func (c *Client) setHealthy(addr string, ok bool) {
 	c.mu.Unlock()
 }
 
-// attempt sends req to one node and waits for its answer.
-func (c *Client) attempt(ctx context.Context, addr string, req proto.Message, extra time.Duration) (response, error) {
+// attempt sends req to one node and waits for its answer. A node not
+// known to answer is probed first: a TCP dial (a refused connection fails
+// over at once) and, when ping is set, a stale cluster-status request
+// that must be answered within pingTimeout (a paused or wedged node fails
+// over after that instead of the full attempt timeout).
+func (c *Client) attempt(ctx context.Context, addr string, req proto.Message, extra time.Duration, ping bool) (response, error) {
 	c.mu.Lock()
 	known := c.healthy[addr]
 	c.mu.Unlock()
 	if !known {
-		// A cheap TCP probe turns "connection refused" into an immediate
-		// failover instead of a full attempt timeout.
 		d := net.Dialer{Timeout: probeTimeout}
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, &errTransport{addr: addr, err: err}
 		}
 		conn.Close()
+		if ping {
+			// Any answer, even an error, shows the api actor runs.
+			if _, err := c.send(ctx, addr, &blixardpb.ClusterStatusRequest{Stale: true}, pingTimeout); err != nil {
+				var te *errTransport
+				if errors.As(err, &te) {
+					err = te.err
+				}
+				return nil, &errTransport{addr: addr, err: fmt.Errorf("status probe: %w", err)}
+			}
+		}
 	}
-	timeout := c.opts.attemptTimeout + extra
+	return c.send(ctx, addr, req, c.opts.attemptTimeout+extra)
+}
+
+// send sends req to addr's api actor and waits up to timeout (and ctx)
+// for its answer.
+func (c *Client) send(ctx context.Context, addr string, req proto.Message, timeout time.Duration) (response, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		if left := time.Until(dl); left < timeout {
 			timeout = left

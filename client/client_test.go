@@ -72,6 +72,12 @@ func runFakeNode(mode string) {
 			case "good":
 				ctx.Respond(okVM(m.GetSpec().GetName()))
 			}
+		case *blixardpb.ClusterStatusRequest:
+			// The client's liveness probe: a silent node is like a paused
+			// process, whose kernel still accepts connections.
+			if mode != "silent" {
+				ctx.Respond(&blixardpb.ClusterStatusResponse{ClusterId: "test"})
+			}
 		case *blixardpb.GetVmRequest:
 			if mode == "good" {
 				ctx.Respond(okVM(m.GetName()))
@@ -314,6 +320,22 @@ func TestNoAnswerTimesOutAndFailsOver(t *testing.T) {
 	c := dial(t, []string{silent.addr, good.addr}, client.WithAttemptTimeout(300*time.Millisecond))
 	if _, err := c.GetVM(ctx, "web"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A node that accepts connections but never answers (a paused process) is
+// passed over after the status probe, not after the attempt timeout: with
+// a one-minute attempt timeout, the request still completes within the
+// 15 s retry window through the next node.
+func TestPausedNodeIsSkippedByTheStatusProbe(t *testing.T) {
+	if !inChild(t) {
+		return
+	}
+	silent := startFakeNode(t, "silent")
+	good := startFakeNode(t, "good")
+	c := dial(t, []string{silent.addr, good.addr}, client.WithAttemptTimeout(time.Minute), client.WithRetryWindow(15*time.Second))
+	if _, err := c.GetVM(context.Background(), "web"); err != nil {
+		t.Fatalf("the request did not fail over from the silent node within the retry window: %v", err)
 	}
 }
 

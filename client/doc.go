@@ -27,7 +27,11 @@
 // timeout; retries continue, with backoff, until ctx is done or the retry
 // window (WithRetryWindow) has passed. Typed failures (NOT_FOUND,
 // ALREADY_EXISTS, ...) are returned at once as *Error values that match
-// the sentinels of this package with errors.Is.
+// the sentinels of this package with errors.Is. A node the client has not
+// yet heard from is probed first, once per call: a TCP dial, then a stale
+// cluster-status request that must be answered within 2 s, so that a
+// paused or wedged node (whose kernel still accepts connections) costs 2 s
+// rather than the attempt timeout.
 //
 // Reads are linearizable unless the client was dialled WithStaleReads.
 package client
