@@ -92,9 +92,9 @@ func TestDurableFailsOnALostWrite(t *testing.T) {
 }
 
 func TestScheduleIsAFunctionOfTheSeed(t *testing.T) {
-	a := schedule(42, 5, AllFaults, 8*time.Second)
-	b := schedule(42, 5, AllFaults, 8*time.Second)
-	c := schedule(43, 5, AllFaults, 8*time.Second)
+	a := schedule(42, 5, AllFaults, 8*time.Second, 300*time.Millisecond, 3*time.Second)
+	b := schedule(42, 5, AllFaults, 8*time.Second, 300*time.Millisecond, 3*time.Second)
+	c := schedule(43, 5, AllFaults, 8*time.Second, 300*time.Millisecond, 3*time.Second)
 	if len(a) == 0 || len(a) != len(b) {
 		t.Fatalf("schedules of one seed: %d and %d windows", len(a), len(b))
 	}

@@ -102,11 +102,12 @@ func (e faultEvent) String() string {
 }
 
 // schedule draws the fault windows of a run from its seed: one window at
-// a time, 0.3–3 s long (long enough, past 2 s, for the cluster to declare
-// a cut-off node down and re-place its VMs, which is what fencing is for), with 0.2–0.8 s of calm between them, until
+// a time, minW–maxW long (by default 0.3–3 s: long enough, past 2 s, for
+// the cluster to declare a cut-off node down and re-place its VMs, which
+// is what fencing is for), with 0.2–0.8 s of calm between them, until
 // phase ends. Link faults (loss, delay) are not windows: they hold for
 // the whole fault phase.
-func schedule(seed uint64, nodes int, faults Fault, phase time.Duration) []faultEvent {
+func schedule(seed uint64, nodes int, faults Fault, phase, minW, maxW time.Duration) []faultEvent {
 	rng := rand.New(rand.NewPCG(seed, 0x73636864))
 	var kinds []string
 	if faults&FaultCrash != 0 {
@@ -128,7 +129,8 @@ func schedule(seed uint64, nodes int, faults Fault, phase time.Duration) []fault
 	var out []faultEvent
 	at := time.Duration(200+rng.IntN(400)) * time.Millisecond
 	for at < phase {
-		e := faultEvent{At: at, For: time.Duration(300+rng.IntN(2700)) * time.Millisecond, Kind: kinds[rng.IntN(len(kinds))]}
+		span := max(int((maxW-minW)/time.Millisecond), 1)
+		e := faultEvent{At: at, For: minW + time.Duration(rng.IntN(span))*time.Millisecond, Kind: kinds[rng.IntN(len(kinds))]}
 		perm := append([]uint64(nil), ids...)
 		rng.Shuffle(len(perm), func(i, j int) { perm[i], perm[j] = perm[j], perm[i] })
 		minority := (nodes - 1) / 2

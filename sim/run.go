@@ -57,6 +57,11 @@ type Config struct {
 	// TestMigrateRunsTwoCopies: a migration starts the new copy before
 	// the old one stopped).
 	NoMigrate bool
+	// MinWindow and MaxWindow bound how long each fault window lasts
+	// (default 300 ms and 3 s). Windows longer than failure detection plus
+	// the down grace make the cluster re-place a cut-off node's VMs, which
+	// is when self-fencing matters.
+	MinWindow, MaxWindow time.Duration
 }
 
 // Check reports what is wrong with c (a value out of range, planting
@@ -90,6 +95,15 @@ func (c *Config) defaults() error {
 	}
 	if c.Converge == 0 {
 		c.Converge = 30 * time.Second
+	}
+	if c.MinWindow == 0 {
+		c.MinWindow = 300 * time.Millisecond
+	}
+	if c.MaxWindow == 0 {
+		c.MaxWindow = 3 * time.Second
+	}
+	if c.MinWindow < 100*time.Millisecond || c.MaxWindow < c.MinWindow {
+		return fmt.Errorf("fault windows %s-%s: need 100ms <= min <= max", c.MinWindow, c.MaxWindow)
 	}
 	if c.CheckTimeout == 0 {
 		c.CheckTimeout = 30 * time.Second
@@ -234,7 +248,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	rep := &Report{Seed: cfg.Seed, Config: cfg, Ops: map[string]int{}}
-	rep.Schedule = schedule(cfg.Seed, cfg.Nodes, cfg.Faults, cfg.Duration)
+	rep.Schedule = schedule(cfg.Seed, cfg.Nodes, cfg.Faults, cfg.Duration, cfg.MinWindow, cfg.MaxWindow)
 
 	c := newCluster(dir, cfg.Nodes, cfg.Seed, cfg.Logger)
 	if err := c.start(); err != nil {
