@@ -52,6 +52,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{[]string{"run", "--node-id", "1", "--log-format", "xml"}, `want auto|text|json`},
 		{[]string{"run", "--node-id", "1", "--log-level", "loud"}, `invalid --log-level`},
 		{[]string{"run", "--node-id", "1", "--api-addr", "nohost"}, `invalid --api-addr "nohost"`},
+		{[]string{"run", "--node-id", "1", "--metrics-addr", "nohost"}, `invalid --metrics-addr "nohost": want host:port`},
+		{[]string{"run", "--node-id", "1", "--dead-voter-grace", "-1s"}, `invalid --dead-voter-grace -1s`},
 		{[]string{"run", "--node-id", "4", "--initial-cluster", "1=127.0.0.1:1,2=127.0.0.1:2"}, "does not list --node-id 4"},
 		{[]string{"run", "--node-id", "1", "--initial-cluster", "1=127.0.0.1:1,1=127.0.0.1:2"}, "lists node 1 twice"},
 		{[]string{"run", "--node-id", "1", "--initial-cluster", "one=127.0.0.1:1"}, "want id=host:port"},

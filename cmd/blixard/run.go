@@ -166,7 +166,10 @@ func (f *runFlags) check(cmd *cobra.Command) (nodeSetup, error) {
 	if f.nodeID == 0 {
 		return s, usagef("--node-id is required (a positive integer)")
 	}
-	for flag, v := range map[string]string{"api-addr": f.apiAddr, "raft-addr": f.raftAddr, "gossip-addr": f.gossipAddr} {
+	for flag, v := range map[string]string{"api-addr": f.apiAddr, "raft-addr": f.raftAddr, "gossip-addr": f.gossipAddr, "metrics-addr": f.metricsAddr} {
+		if flag == "metrics-addr" && v == "" {
+			continue // optional
+		}
 		if _, _, err := net.SplitHostPort(v); err != nil {
 			return s, usagef("invalid --%s %q: want host:port", flag, v)
 		}
