@@ -88,7 +88,7 @@ sim-planted:
 
 sim-seeds: build
 	./bin/blixard sim --seed 1 --runs $(SIM_SEEDS) --nodes 5 --clients 6 --ops 300 --faults all \
-		--no-migrate --check-leaks --report-dir sim-reports $(SIM_FLAGS)
+		--check-leaks --report-dir sim-reports $(SIM_FLAGS)
 
 ## soak: many more seeds (SOAK_RUNS, from SOAK_SEED); logs to SOAK_LOG.
 SOAK_RUNS ?= 1000
@@ -96,7 +96,7 @@ SOAK_SEED ?= 100000
 SOAK_LOG ?= /tmp/blixard-soak.log
 soak: build
 	./bin/blixard sim --seed $(SOAK_SEED) --runs $(SOAK_RUNS) --nodes 5 --clients 6 --ops 300 --faults all \
-		--no-migrate --report-dir sim-reports $(SIM_FLAGS) 2>&1 | tee $(SOAK_LOG)
+		--report-dir sim-reports $(SIM_FLAGS) 2>&1 | tee $(SOAK_LOG)
 
 ## e2e: the multi-host acceptance suite: 3 Docker hosts with systemd each, real microVMs (needs Docker and root).
 E2E_FLAGS ?= -count=1 -timeout 40m -v

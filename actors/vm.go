@@ -266,7 +266,7 @@ func (a *vmActor) converge(c actor.Context) {
 		a.startOp(opRecover)
 		return
 	}
-	if a.rec.GetDesired() == blixardpb.DesiredState_DESIRED_RUNNING {
+	if wantsRunning(a.rec) {
 		switch {
 		case a.running:
 			a.report(c, blixardpb.VmStatus_VM_STATUS_RUNNING, "")
@@ -291,6 +291,13 @@ func (a *vmActor) converge(c actor.Context) {
 		msg = a.down.message
 	}
 	a.report(c, blixardpb.VmStatus_VM_STATUS_STOPPED, msg)
+}
+
+// wantsRunning reports whether rec asks this node to run the VM: it is to
+// run and no migration is handing it over to another node (the hand-over
+// waits for this node to report it stopped).
+func wantsRunning(rec *blixardpb.VmRecord) bool {
+	return rec.GetDesired() == blixardpb.DesiredState_DESIRED_RUNNING && rec.GetMigrateTo() == 0
 }
 
 // lastStartingMessage keeps the restart message while a restart boots.
@@ -419,7 +426,7 @@ func (a *vmActor) exited(c actor.Context, m *vmExited) {
 		reason, clean = "lost track of the instance: "+m.err.Error(), false
 	}
 	a.env.log.Info("vm exited", "vm", a.name, "reason", reason, "clean", clean)
-	if a.remove || a.rec.GetDesired() != blixardpb.DesiredState_DESIRED_RUNNING {
+	if a.remove || !wantsRunning(a.rec) {
 		a.converge(c)
 		return
 	}

@@ -108,12 +108,11 @@ func newCluster(t *testing.T, nodeIDs ...uint64) *cluster {
 		nodes:     make(map[uint64]*node),
 		proposals: make(map[string]int),
 	}
-	// Local delivers the effects concerning node 1; a move 1→2 concerns
-	// both (PrevNodeID), so forwarding the same batch to every node that
-	// it concerns covers the cases these tests create.
+	// Local delivers every effect; deliver forwards each to the nodes it
+	// concerns.
 	c.replica = consensustest.NewLocal(
 		consensustest.WithClock(func() int64 { return c.clock.Now().UnixMilli() }),
-		consensustest.WithEffects(1, c.deliver),
+		consensustest.WithEffects(0, c.deliver),
 	)
 	t.Cleanup(c.stop)
 	for _, id := range nodeIDs {

@@ -341,17 +341,23 @@ func TestMovedVMStopsOnOldNodeAndStartsOnNew(t *testing.T) {
 	}}}})
 	n2 := c.addNode(2, nil)
 
+	// The migration hands over: the record stays on node 1 until node 1
+	// has stopped the VM, and node 2 starts it only then.
 	rec := c.propose(&blixardpb.Command{Op: &blixardpb.Command_MigrateVm{MigrateVm: &blixardpb.MigrateVm{Name: "web", TargetNodeId: 2}}})
-	if rec.GetNodeId() != 2 {
-		t.Fatalf("migrated to node %d, want 2", rec.GetNodeId())
+	if rec.GetNodeId() != 1 || rec.GetMigrateTo() != 2 || n2.drv.StartCount("web") != 0 {
+		t.Fatalf("migrate answered node %d, moving to %d, node 2 started it %d times; want node 1 moving to 2, no start", rec.GetNodeId(), rec.GetMigrateTo(), n2.drv.StartCount("web"))
 	}
 	eventually(t, "web destroyed on node 1", func() bool {
 		_, err := n1.drv.Inspect(context.Background(), "web")
 		return errors.Is(err, microvm.ErrNotFound) && len(c.localVMs(n1)) == 0
 	})
-	got := c.waitStatus("web", running)
-	if got.GetNodeId() != 2 || n2.drv.StartCount("web") != 1 {
-		t.Errorf("after the move: record on node %d, node 2 starts %d; want node 2, 1 start", got.GetNodeId(), n2.drv.StartCount("web"))
+	var got *blixardpb.VmRecord
+	eventually(t, "web running on node 2", func() bool {
+		got = c.vm("web")
+		return got.GetNodeId() == 2 && got.GetStatus() == running
+	})
+	if got.GetMigrateTo() != 0 || n2.drv.StartCount("web") != 1 {
+		t.Errorf("after the move: %v, node 2 starts %d; want no hand-over left, 1 start", got, n2.drv.StartCount("web"))
 	}
 	if cur := n2.drv.Runs("web"); len(cur) != 1 || !cur[0].Running() {
 		t.Errorf("node 2 runs = %+v, want one running", cur)
@@ -363,8 +369,11 @@ func TestMovedVMStopsOnOldNodeAndStartsOnNew(t *testing.T) {
 		_, err := n2.drv.Inspect(context.Background(), "web")
 		return errors.Is(err, microvm.ErrNotFound) && len(c.localVMs(n2)) == 0
 	})
-	got = c.waitStatus("web", running)
-	if got.GetNodeId() != 1 || n1.drv.StartCount("web") != 2 {
+	eventually(t, "web running on node 1", func() bool {
+		got = c.vm("web")
+		return got.GetNodeId() == 1 && got.GetStatus() == running
+	})
+	if n1.drv.StartCount("web") != 2 {
 		t.Errorf("after moving back: record on node %d, node 1 starts %d; want node 1, 2 starts", got.GetNodeId(), n1.drv.StartCount("web"))
 	}
 

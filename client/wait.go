@@ -90,7 +90,9 @@ func (c *Client) WaitFor(ctx context.Context, name string, target blixardpb.VmSt
 			}
 		}
 		last = rec
-		if target != blixardpb.VmStatus_VM_STATUS_UNSPECIFIED && rec.GetStatus() == target {
+		// A status seen while a migration hands the VM over belongs to the
+		// node it is leaving: the wait goes on until it has arrived.
+		if target != blixardpb.VmStatus_VM_STATUS_UNSPECIFIED && rec.GetStatus() == target && rec.GetMigrateTo() == 0 {
 			return rec, nil
 		}
 		if rec.GetStatus() == blixardpb.VmStatus_VM_STATUS_FAILED && target != blixardpb.VmStatus_VM_STATUS_FAILED &&
@@ -106,5 +108,6 @@ func (c *Client) WaitFor(ctx context.Context, name string, target blixardpb.VmSt
 
 func changed(a, b *blixardpb.VmRecord) bool {
 	return a.GetGeneration() != b.GetGeneration() || a.GetStatus() != b.GetStatus() ||
-		a.GetDesired() != b.GetDesired() || a.GetNodeId() != b.GetNodeId() || a.GetRestarts() != b.GetRestarts()
+		a.GetDesired() != b.GetDesired() || a.GetNodeId() != b.GetNodeId() || a.GetRestarts() != b.GetRestarts() ||
+		a.GetMigrateTo() != b.GetMigrateTo()
 }

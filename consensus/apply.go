@@ -221,6 +221,10 @@ func (s *State) detach(v *vm) {
 			delete(n.vms, v.id)
 		}
 	}
+	if n, ok := s.nodes[v.moveTo]; ok && v.reserves() {
+		n.usedVcpus -= uint64(v.spec.vcpus)
+		n.usedMemMB -= v.spec.memoryMB
+	}
 	if _, ok := s.waiting[v.id]; ok {
 		delete(s.waiting, v.id)
 		s.waitingOrder = nil
@@ -235,6 +239,10 @@ func (s *State) attach(v *vm) {
 				n.usedMemMB += v.spec.memoryMB
 			}
 			n.vms[v.id] = v
+		}
+		if n, ok := s.nodes[v.moveTo]; ok && v.reserves() {
+			n.usedVcpus += uint64(v.spec.vcpus)
+			n.usedMemMB += v.spec.memoryMB
 		}
 	} else if v.desired == blixardpb.DesiredState_DESIRED_RUNNING && v.status != blixardpb.VmStatus_VM_STATUS_LOST {
 		s.waiting[v.id] = v
@@ -255,9 +263,38 @@ func (a *applier) update(v *vm, fn func()) {
 	a.emit(v, prev, false)
 }
 
-// move re-places v on node id (0: unplaced) with status st.
+// move re-places v on node id (0: unplaced) with status st, ending any
+// hand-over.
 func (a *applier) move(v *vm, id uint64, st blixardpb.VmStatus, msg string) {
-	a.update(v, func() { v.node, v.status, v.message = id, st, msg })
+	a.update(v, func() { v.node, v.moveTo, v.status, v.message = id, 0, st, msg })
+}
+
+// finishMove completes v's hand-over: it moves to the node it was handed
+// to, pending there when it should run.
+func (a *applier) finishMove(v *vm) {
+	st := blixardpb.VmStatus_VM_STATUS_STOPPED
+	if v.desired == blixardpb.DesiredState_DESIRED_RUNNING {
+		st = blixardpb.VmStatus_VM_STATUS_PENDING
+	}
+	a.move(v, v.moveTo, st, "")
+}
+
+// cancelMoves ends the hand-overs to node n, which can no longer take
+// them: the VMs stay where they are, and their agents start them again
+// if they had already stopped them (the new generation says so).
+func (a *applier) cancelMoves(n *node) {
+	var ids []uint64
+	for _, v := range a.vms {
+		if v.moveTo == n.id {
+			ids = append(ids, v.id)
+		}
+	}
+	slices.Sort(ids)
+	why := "migration cancelled: node " + u64(n.id) + " is " + nodeStatusName(n.status)
+	for _, id := range ids {
+		v := a.vmByID[id]
+		a.update(v, func() { v.moveTo, v.message = 0, why })
+	}
 }
 
 // ---------------------------------------------------------------------------
@@ -357,7 +394,8 @@ func (a *applier) setNodeStatus(op *blixardpb.SetNodeStatus) (outcome, *cmdErr) 
 //   - down and left re-place its VMs whose desired state is running
 //     (restart mode never: they become lost instead); left also unplaces its
 //     stopped VMs, as the node is gone for good;
-//   - suspect only stops new placements.
+//   - suspect only stops new placements;
+//   - down and left also cancel the migrations handing VMs over to n.
 func (a *applier) setStatus(n *node, st blixardpb.NodeStatus) {
 	old := n.status
 	if old == st {
@@ -372,8 +410,10 @@ func (a *applier) setStatus(n *node, st blixardpb.NodeStatus) {
 			n.schedulable = true
 		}
 	case blixardpb.NodeStatus_NODE_STATUS_DOWN:
+		a.cancelMoves(n)
 		a.evacuate(n, false)
 	case blixardpb.NodeStatus_NODE_STATUS_LEFT:
+		a.cancelMoves(n)
 		a.evacuate(n, true)
 	}
 }
@@ -392,7 +432,15 @@ func (a *applier) evacuate(n *node, all bool) {
 	}
 	for _, id := range ids {
 		v := n.vms[id]
+		handOver := false
+		if t, ok := a.nodes[v.moveTo]; ok && t.eligible() {
+			// A migration was handing v over: the node that ran it is
+			// gone (what it ran is fenced), so the hand-over completes.
+			handOver = true
+		}
 		switch {
+		case handOver && (v.desired != blixardpb.DesiredState_DESIRED_RUNNING || v.spec.restartMode != restartNever):
+			a.finishMove(v)
 		case v.desired != blixardpb.DesiredState_DESIRED_RUNNING:
 			if all {
 				// Nothing will run it there: it is stopped and unplaced.
@@ -470,6 +518,7 @@ func (a *applier) removeNode(op *blixardpb.RemoveNode) (outcome, *cmdErr) {
 	}
 	if n.status != blixardpb.NodeStatus_NODE_STATUS_LEFT {
 		n.status = blixardpb.NodeStatus_NODE_STATUS_LEFT
+		a.cancelMoves(n)
 		a.evacuate(n, true)
 	} else if len(n.vms) > 0 {
 		a.evacuate(n, true)
@@ -625,6 +674,12 @@ func (a *applier) migrateVM(op *blixardpb.MigrateVm) (outcome, *cmdErr) {
 	if err != nil {
 		return outcome{}, err
 	}
+	if v.moveTo != 0 {
+		if t := op.GetTargetNodeId(); t == 0 || t == v.moveTo {
+			return vmOutcome(v), nil // already moving there
+		}
+		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "vm %q is already moving to node %d: migrate it again once it has arrived", v.name, v.moveTo)
+	}
 	var to *node
 	if t := op.GetTargetNodeId(); t != 0 {
 		if v.spec.pin != 0 && v.spec.pin != t {
@@ -638,6 +693,13 @@ func (a *applier) migrateVM(op *blixardpb.MigrateVm) (outcome, *cmdErr) {
 		}
 	} else if to, err = a.choose(v, v.node); err != nil {
 		return outcome{}, err
+	}
+	if v.node != 0 && (v.desired == blixardpb.DesiredState_DESIRED_RUNNING || v.status != blixardpb.VmStatus_VM_STATUS_STOPPED) {
+		// It may run where it is: hand it over. Its node's agent stops it
+		// and reports it stopped, and only then does it move (see
+		// reportVMStatus), so two copies never run at once.
+		a.update(v, func() { v.moveTo, v.message = to.id, "migrating to node "+u64(to.id) })
+		return vmOutcome(v), nil
 	}
 	st := v.status
 	if v.desired == blixardpb.DesiredState_DESIRED_RUNNING {
@@ -670,6 +732,13 @@ func (a *applier) reportVMStatus(op *blixardpb.ReportVmStatus) (outcome, *cmdErr
 	v.restarts = op.GetRestarts()
 	v.message = clipMessage(op.GetMessage())
 	v.updatedMS = a.now
+	if v.moveTo != 0 && st == blixardpb.VmStatus_VM_STATUS_STOPPED {
+		// The node handing v over has stopped it: it moves now. (Not on
+		// failed: an agent whose vm actor gave up cannot vouch that
+		// nothing runs.)
+		a.finishMove(v)
+		a.placeWaiting()
+	}
 	return vmOutcome(v), nil
 }
 

@@ -182,7 +182,7 @@ func TestApplyRejects(t *testing.T) {
 		{name: "report other node", cmd: cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 2, Generation: 1, Status: blixardpb.VmStatus_VM_STATUS_RUNNING}),
 			code: codePrecond, msg: `stale report: vm "web" is placed on node 1, the report comes from node 2`},
 		{name: "report old generation", setup: []*blixardpb.Command{cmdMigrate("web", 2)},
-			cmd:  cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 2, Generation: 1, Status: blixardpb.VmStatus_VM_STATUS_RUNNING}),
+			cmd:  cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 1, Generation: 1, Status: blixardpb.VmStatus_VM_STATUS_STOPPED}),
 			code: codePrecond, msg: `stale report: vm "web" is at generation 2, the report is for generation 1`},
 		{name: "report unplaced", setup: []*blixardpb.Command{cmdStatus(1, down), cmdStatus(2, down)},
 			cmd:  cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 0, Generation: 3, Status: blixardpb.VmStatus_VM_STATUS_RUNNING}),
@@ -389,17 +389,35 @@ func TestApplyDeleteReusesAddress(t *testing.T) {
 
 func TestApplyMigrate(t *testing.T) {
 	h := baseState(t)
+	// A VM that is to run is handed over: it stays on node 1 (told to
+	// stop it) and node 2 holds its room.
 	_, eff := h.must(cmdMigrate("web", 2))
 	r := vmOf(t, h.s, "web")
-	if r.GetNodeId() != 2 || r.GetGeneration() != 2 || len(eff) != 1 || eff[0].PrevNodeID != 1 {
+	if r.GetNodeId() != 1 || r.GetMigrateTo() != 2 || r.GetGeneration() != 2 || len(eff) != 1 || eff[0].VM.GetNodeId() != 1 || eff[0].VM.GetMigrateTo() != 2 {
 		t.Fatalf("migrate: %v %v", r, eff)
+	}
+	both := Usage{Vcpus: 2, MemoryMB: 1024}
+	if h.s.NodeUsage(1) != (Usage{Vcpus: 2, MemoryMB: 1024, VMs: 1}) || h.s.NodeUsage(2) != both {
+		t.Errorf("usage during the hand-over: %+v %+v", h.s.NodeUsage(1), h.s.NodeUsage(2))
+	}
+	// A running report does not move it; stopped from node 1 does.
+	h.must(cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 1, Generation: 2, Status: blixardpb.VmStatus_VM_STATUS_RUNNING}))
+	if r := vmOf(t, h.s, "web"); r.GetNodeId() != 1 {
+		t.Fatalf("moved on a running report: %v", r)
+	}
+	_, eff = h.must(cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 1, Generation: 2, Status: blixardpb.VmStatus_VM_STATUS_STOPPED}))
+	r = vmOf(t, h.s, "web")
+	if r.GetNodeId() != 2 || r.GetMigrateTo() != 0 || r.GetGeneration() != 3 || r.GetStatus() != blixardpb.VmStatus_VM_STATUS_PENDING || len(eff) != 1 || eff[0].PrevNodeID != 1 {
+		t.Fatalf("after the hand-over: %v %v", r, eff)
 	}
 	if h.s.NodeUsage(1) != (Usage{}) || h.s.NodeUsage(2) != (Usage{Vcpus: 2, MemoryMB: 1024, VMs: 1}) {
 		t.Errorf("usage not moved: %+v %+v", h.s.NodeUsage(1), h.s.NodeUsage(2))
 	}
-	// Target 0: any other node.
+	// Target 0: any other node. A stopped VM moves at once.
+	h.must(cmdStop("web"))
+	h.must(cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 2, Generation: 4, Status: blixardpb.VmStatus_VM_STATUS_STOPPED}))
 	h.must(cmdMigrate("web", 0))
-	if r := vmOf(t, h.s, "web"); r.GetNodeId() != 1 || r.GetGeneration() != 3 {
+	if r := vmOf(t, h.s, "web"); r.GetNodeId() != 1 || r.GetMigrateTo() != 0 || r.GetGeneration() != 5 {
 		t.Fatalf("migrate anywhere: %v", r)
 	}
 }

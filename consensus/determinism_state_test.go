@@ -105,6 +105,15 @@ func checkInvariants(t testing.TB, s *State) {
 				used[v.node] = [2]uint64{u[0] + uint64(v.spec.vcpus), u[1] + v.spec.memoryMB}
 			}
 		}
+		if v.moveTo != 0 {
+			if _, ok := s.nodes[v.moveTo]; !ok || v.node == 0 || v.moveTo == v.node {
+				t.Fatalf("vm %q on node %d hands over to node %d (missing, unplaced or itself)", name, v.node, v.moveTo)
+			}
+			if v.reserves() {
+				u := used[v.moveTo]
+				used[v.moveTo] = [2]uint64{u[0] + uint64(v.spec.vcpus), u[1] + v.spec.memoryMB}
+			}
+		}
 		wantWaiting := v.node == 0 && v.desired == blixardpb.DesiredState_DESIRED_RUNNING && v.status != blixardpb.VmStatus_VM_STATUS_LOST
 		if _, w := s.waiting[v.id]; w != wantWaiting {
 			t.Fatalf("vm %q: waiting=%v, want %v", name, w, wantWaiting)

@@ -244,6 +244,9 @@ func (sc *scenario) run(line string) string {
 		if e.PrevNodeID != 0 {
 			fmt.Fprintf(&b, " from=%d", e.PrevNodeID)
 		}
+		if t := e.VM.GetMigrateTo(); t != 0 {
+			fmt.Fprintf(&b, " to=%d", t)
+		}
 		fmt.Fprintf(&b, " desired=%s status=%s", desiredName(e.VM.GetDesired()), vmStatusName(e.VM.GetStatus()))
 	}
 	return b.String()
@@ -277,6 +280,9 @@ func vmLine(v *blixardpb.VmRecord) string {
 	s := fmt.Sprintf("vm %s id=%d node=%d gen=%d desired=%s status=%s ip=%s",
 		v.GetSpec().GetName(), v.GetId(), v.GetNodeId(), v.GetGeneration(),
 		desiredName(v.GetDesired()), vmStatusName(v.GetStatus()), v.GetIp())
+	if t := v.GetMigrateTo(); t != 0 {
+		s += fmt.Sprintf(" to=%d", t)
+	}
 	if v.GetRestarts() != 0 {
 		s += fmt.Sprintf(" restarts=%d", v.GetRestarts())
 	}

@@ -304,6 +304,8 @@ func decodeVMRecord(r *wireReader) *blixardpb.VmRecord {
 			v.CreatedUnixMs = int64(r.varint(typ))
 		case 13:
 			v.UpdatedUnixMs = int64(r.varint(typ))
+		case 14:
+			v.MigrateTo = r.varint(typ)
 		default:
 			r.ok = false
 		}

@@ -347,6 +347,7 @@ func restoreVM(r *blixardpb.VmRecord) (*vm, error) {
 	v := &vm{
 		id:        r.GetId(),
 		node:      r.GetNodeId(),
+		moveTo:    r.GetMigrateTo(),
 		gen:       r.GetGeneration(),
 		createdMS: r.GetCreatedUnixMs(),
 		updatedMS: r.GetUpdatedUnixMs(),
@@ -464,6 +465,7 @@ func (en *vmEncoder) record(v *vm) []byte {
 	r = appendBytesField(r, 11, strconv.AppendUint(append(tap[:0], "vm-"...), v.id, 36))
 	r = appendVarintField(r, 12, uint64(v.createdMS))
 	r = appendVarintField(r, 13, uint64(v.updatedMS))
+	r = appendVarintField(r, 14, v.moveTo)
 	en.rec = r
 	return r
 }

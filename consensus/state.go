@@ -128,8 +128,11 @@ type label struct{ key, value string }
 // TAP name are derived from the address and the id, the address is a
 // uint32.
 type vm struct {
-	id        uint64
-	node      uint64
+	id   uint64
+	node uint64
+	// moveTo is the node a migration hands v over to (0: none): v stays
+	// on node until that node's agent reports it stopped.
+	moveTo    uint64
 	gen       uint64
 	createdMS int64
 	updatedMS int64
@@ -178,6 +181,12 @@ const restartNever = 2 // index of "never" in restartModes
 // holds reports whether v takes capacity on its node.
 func (v *vm) holds() bool {
 	return v.node != 0 && v.desired == blixardpb.DesiredState_DESIRED_RUNNING
+}
+
+// reserves reports whether v also takes capacity on the node a migration
+// hands it over to, so that the node still has room when it arrives.
+func (v *vm) reserves() bool {
+	return v.moveTo != 0 && v.desired == blixardpb.DesiredState_DESIRED_RUNNING
 }
 
 // NewState returns an empty state (no nodes, no VMs, default config).
@@ -344,6 +353,7 @@ func (v *vm) record() *blixardpb.VmRecord {
 		Spec:          sp,
 		Desired:       v.desired,
 		NodeId:        v.node,
+		MigrateTo:     v.moveTo,
 		Generation:    v.gen,
 		Status:        v.status,
 		Restarts:      v.restarts,

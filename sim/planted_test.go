@@ -36,8 +36,7 @@ func TestPlantedBugsAreCaught(t *testing.T) {
 		// others re-place them, for the rest of the partition: an
 		// overlap of at least minFenceOverlap (the bugs found so far
 		// overlap for milliseconds; see sim/doc.go). Migrations are left
-		// out: they run two copies by themselves
-		// (TestMigrateRunsTwoCopies).
+		// out, as when the case was tuned: this case is about fencing.
 		// Partitions of 4-6 s: well past failure detection plus the
 		// down grace, so the majority re-places the cut-off node's VMs
 		// while they still run there.

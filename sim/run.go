@@ -53,9 +53,8 @@ type Config struct {
 	Plant simbug.Bug
 	// CheckLeaks compares goroutines before and after the run.
 	CheckLeaks bool
-	// NoMigrate leaves MigrateVm out of the workload (see
-	// TestMigrateRunsTwoCopies: a migration starts the new copy before
-	// the old one stopped).
+	// NoMigrate leaves MigrateVm out of the workload (its share goes to
+	// reads).
 	NoMigrate bool
 	// MinWindow and MaxWindow bound how long each fault window lasts
 	// (default 300 ms and 3 s). Windows longer than failure detection plus

@@ -3,7 +3,6 @@ package sim
 import (
 	"context"
 	"os"
-	"slices"
 	"testing"
 	"time"
 
@@ -59,21 +58,23 @@ func TestRunWithAllFaults(t *testing.T) {
 	}
 }
 
-// TestMigrateRunsTwoCopies records a bug the simulator found: MigrateVm
-// moves a running VM's placement in one step, so the new node starts its
-// copy as soon as it applies the entry while the old node is still
-// stopping its own: for a few milliseconds (longer under a partition) two
-// copies run. The test holds while the bug is there and proves the
-// single-copy checker sees it without any fault; once migration hands
-// over (the new node waits for the old one's stop), it fails, and is to
-// become the regression test by inverting its assertion.
+// TestMigrateRunsTwoCopies is the regression test of a bug the simulator
+// found: MigrateVm moved a running VM's placement in one step, so the new
+// node started its copy as soon as it applied the entry while the old node
+// was still stopping its own, and for milliseconds (longer under a
+// partition) two copies ran; every seed below showed it without any fault.
+// Migration now hands over: the VM moves once its old node reports it
+// stopped.
 func TestMigrateRunsTwoCopies(t *testing.T) {
+	migrated := 0
 	for seed := uint64(1); seed <= 3; seed++ {
 		rep := runOnce(t, Config{Seed: seed, Nodes: 3, Clients: 4, Ops: 200, Duration: 5 * time.Second})
-		if slices.Contains(rep.Failed(), "single-copy") {
-			t.Logf("seed %d: migration ran two copies, as known", seed)
-			return
+		if !rep.OK() {
+			t.Fatalf("seed %d: %v", seed, rep.Failed())
 		}
+		migrated += rep.Ops["migrate:ok"]
 	}
-	t.Fatal("no migration overlap in 3 seeds: if migration now hands over, invert this test")
+	if migrated == 0 {
+		t.Fatal("no migration succeeded in 3 seeds: the test exercised nothing")
+	}
 }

@@ -31,6 +31,8 @@ type vmJSON struct {
 	Generation uint64            `json:"generation"`
 	Restart    string            `json:"restart"`
 	Labels     map[string]string `json:"labels,omitempty"`
+	// MigrateTo is the node a migration is handing the VM over to.
+	MigrateTo uint64 `json:"migrate_to,omitempty"`
 }
 
 func toVMJSON(r *blixardpb.VmRecord) vmJSON {
@@ -65,6 +67,7 @@ func toVMJSON(r *blixardpb.VmRecord) vmJSON {
 		Generation: r.GetGeneration(),
 		Restart:    restart,
 		Labels:     s.GetLabels(),
+		MigrateTo:  r.GetMigrateTo(),
 	}
 }
 
@@ -160,13 +163,21 @@ func nodeCol(id uint64) string {
 	return fmt.Sprint(id)
 }
 
+// nodeCol is the VM's node, and where a migration is moving it ("1->2").
+func (v vmJSON) nodeCol() string {
+	if v.MigrateTo != 0 {
+		return fmt.Sprintf("%s->%d", nodeCol(v.NodeID), v.MigrateTo)
+	}
+	return nodeCol(v.NodeID)
+}
+
 func writeVMTable(w io.Writer, vms []*blixardpb.VmRecord) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSTATUS\tDESIRED\tNODE\tVCPUS\tMEMORY\tIP\tRESTARTS\tTENANT")
 	for _, r := range vms {
 		v := toVMJSON(r)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%d\t%s\n",
-			v.Name, v.Status, v.Desired, nodeCol(v.NodeID), v.Vcpus, v.MemoryMB, dash(v.IP), v.Restarts, v.Tenant)
+			v.Name, v.Status, v.Desired, v.nodeCol(), v.Vcpus, v.MemoryMB, dash(v.IP), v.Restarts, v.Tenant)
 	}
 	return tw.Flush()
 }
@@ -180,7 +191,7 @@ func writeVMDetail(w io.Writer, r *blixardpb.VmRecord) error {
 		{"Tenant", v.Tenant},
 		{"Desired", v.Desired},
 		{"Status", v.Status},
-		{"Node", nodeCol(v.NodeID)},
+		{"Node", v.nodeCol()},
 		{"Vcpus", fmt.Sprint(v.Vcpus)},
 		{"Memory", fmt.Sprintf("%d MiB", v.MemoryMB)},
 		{"Hypervisor", v.Hypervisor},

@@ -44,7 +44,8 @@ type Option func(*Local)
 func WithClock(now func() int64) Option { return func(l *Local) { l.clock = now } }
 
 // WithEffects sets the hook that receives, after each applied command,
-// the effects that concern node nodeID (see consensus.Effect.Concerns).
+// the effects that concern node nodeID (see consensus.Effect.Concerns);
+// nodeID 0 receives every effect.
 // It is called outside the lock, in log order, and only when there is at
 // least one such effect; when Propose returns in a single-goroutine test,
 // the hook has seen that command's effects. It must not block for long; it
@@ -97,7 +98,7 @@ func (l *Local) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb
 	var mine []consensus.Effect
 	if l.onEffects != nil {
 		for _, e := range effects {
-			if e.Concerns(l.nodeID) {
+			if l.nodeID == 0 || e.Concerns(l.nodeID) {
 				mine = append(mine, e)
 			}
 		}

@@ -627,6 +627,11 @@ type VmRecord struct {
 	Tap           string   `protobuf:"bytes,11,opt,name=tap,proto3" json:"tap,omitempty"`
 	CreatedUnixMs int64    `protobuf:"varint,12,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
 	UpdatedUnixMs int64    `protobuf:"varint,13,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
+	// While a migration hands the VM over: the node it moves to. The VM
+	// stays placed on node_id (whose agent stops it) and moves once that
+	// node reports it stopped, so two copies never run at once; resources
+	// are held on both nodes meanwhile. 0: not migrating.
+	MigrateTo     uint64 `protobuf:"varint,14,opt,name=migrate_to,json=migrateTo,proto3" json:"migrate_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -748,6 +753,13 @@ func (x *VmRecord) GetCreatedUnixMs() int64 {
 func (x *VmRecord) GetUpdatedUnixMs() int64 {
 	if x != nil {
 		return x.UpdatedUnixMs
+	}
+	return 0
+}
+
+func (x *VmRecord) GetMigrateTo() uint64 {
+	if x != nil {
+		return x.MigrateTo
 	}
 	return 0
 }
@@ -3225,7 +3237,7 @@ const file_blixard_proto_rawDesc = "" +
 	"\x06labels\x18\r \x03(\v2\x1e.blixard.v1.VmSpec.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x97\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb6\x03\n" +
 	"\bVmRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.blixard.v1.VmSpecR\x04spec\x122\n" +
@@ -3242,7 +3254,9 @@ const file_blixard_proto_rawDesc = "" +
 	" \x01(\tR\x03mac\x12\x10\n" +
 	"\x03tap\x18\v \x01(\tR\x03tap\x12&\n" +
 	"\x0fcreated_unix_ms\x18\f \x01(\x03R\rcreatedUnixMs\x12&\n" +
-	"\x0fupdated_unix_ms\x18\r \x01(\x03R\rupdatedUnixMs\"\xde\x03\n" +
+	"\x0fupdated_unix_ms\x18\r \x01(\x03R\rupdatedUnixMs\x12\x1d\n" +
+	"\n" +
+	"migrate_to\x18\x0e \x01(\x04R\tmigrateTo\"\xde\x03\n" +
 	"\n" +
 	"NodeRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
