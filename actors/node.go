@@ -484,6 +484,24 @@ func (n *Node) Replica() NodeReplica { return n.replica }
 // way to reach it).
 func (n *Node) API() *actor.PID { return n.api }
 
+// LocalVMs is what the node's VM actors last observed (nil while the vms
+// supervisor is stopped, as when the node is fenced).
+func (n *Node) LocalVMs(timeout time.Duration) (*LocalVMs, error) {
+	pid := n.vms.Load()
+	if pid == nil {
+		return nil, nil
+	}
+	res, err := n.system.Root.RequestFuture(pid, &LocalVMsRequest{}, timeout).Result()
+	if err != nil {
+		return nil, err
+	}
+	lv, ok := res.(*LocalVMs)
+	if !ok {
+		return nil, fmt.Errorf("vms supervisor answered %T", res)
+	}
+	return lv, nil
+}
+
 // System is the node's actor system (for tests and the simulator).
 func (n *Node) System() *actor.ActorSystem { return n.system }
 

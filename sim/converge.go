@@ -51,7 +51,7 @@ func (c *cluster) converge(ctx context.Context, timeout time.Duration) convergen
 			if len(last) > 8 {
 				last = append(last[:8], fmt.Sprintf("… %d more", len(problems)-8))
 			}
-			v.Detail = fmt.Sprintf("not converged after %s: %s", timeout, strings.Join(last, "; "))
+			v.Detail = fmt.Sprintf("not converged after %s: %s%s", timeout, strings.Join(last, "; "), c.localViews(state))
 			return convergence{state: state, verdict: v}
 		}
 		sleepUntil(ctx, time.Now().Add(100*time.Millisecond))
@@ -153,6 +153,49 @@ func (c *cluster) convergedOnce(ctx context.Context) (problems []string, state f
 		}
 	}
 	return problems, state, ""
+}
+
+// localViews describes, for the VMs of state that are not settled (a
+// transitional status, or desired running but not reported running), what
+// each node's VM actor last observed: where a report went missing.
+func (c *cluster) localViews(state finalState) string {
+	unsettled := map[string]bool{}
+	for name, r := range state {
+		st := r.GetStatus()
+		if st == blixardpb.VmStatus_VM_STATUS_PENDING || st == blixardpb.VmStatus_VM_STATUS_STARTING || st == blixardpb.VmStatus_VM_STATUS_STOPPING ||
+			(r.GetDesired() == blixardpb.DesiredState_DESIRED_RUNNING && st != blixardpb.VmStatus_VM_STATUS_RUNNING) {
+			unsettled[name] = true
+		}
+	}
+	if len(unsettled) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, n := range c.nodes {
+		nd := n.current()
+		if nd == nil {
+			continue
+		}
+		lv, err := nd.LocalVMs(2 * time.Second)
+		switch {
+		case err != nil:
+			parts = append(parts, fmt.Sprintf("node %d: %v", n.id, err))
+		case lv == nil:
+			parts = append(parts, fmt.Sprintf("node %d: no vms supervisor (fenced?)", n.id))
+		default:
+			for _, v := range lv.VMs {
+				if unsettled[v.Name] {
+					parts = append(parts, fmt.Sprintf("node %d sees %s id %d gen %d %s%s", n.id, v.Name, v.ID, v.Generation, v.Status, map[bool]string{true: " (removing)"}[v.Removing]))
+				}
+			}
+		}
+	}
+	for name := range unsettled {
+		r := state[name]
+		parts = append(parts, fmt.Sprintf("state: %s id %d gen %d node %d %s", name, r.GetId(), r.GetGeneration(), r.GetNodeId(), r.GetStatus()))
+	}
+	sort.Strings(parts)
+	return "; local views: " + strings.Join(parts, "; ")
 }
 
 func describeRuns(runs []nodeRun) string {
