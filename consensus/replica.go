@@ -116,9 +116,10 @@ type ReplicaConfig struct {
 	// RaftAddr is then whatever address that transport understands.
 	// FS, when set, is the filesystem of the Raft log and snapshots
 	// (dragonboat's Expert.FS, for example its in-memory test FS). Both
-	// default to dragonboat's own. Note: a type wrapping the OS
-	// filesystem makes dragonboat's NewNodeHost fail (StartReplica then
-	// reports it), so the simulator does not slow disk writes.
+	// default to dragonboat's own. Dragonboat accepts only its own
+	// filesystems and lni/vfs's error-injection wrapper (vfs.Wrap; the
+	// simulator slows disk writes with it): any other type wrapping the OS
+	// filesystem makes NewNodeHost panic.
 	TransportFactory dbconfig.TransportFactory
 	FS               dbconfig.IFS
 }

@@ -59,6 +59,8 @@ type simNode struct {
 	driver  *fake.Driver
 	events  chan struct{}
 	crashes int
+	// disk is the node's Raft storage; it survives crashes.
+	disk *slowDisk
 }
 
 func newCluster(dir string, n int, seed uint64, log *slog.Logger) *cluster {
@@ -74,7 +76,7 @@ func newCluster(dir string, n int, seed uint64, log *slog.Logger) *cluster {
 	c.rnet = newRaftNet(c.net, c.raftAddrs)
 	c.gnet = newGossipNet(c.net, c.gossipAddrs)
 	for i := 1; i <= n; i++ {
-		c.nodes = append(c.nodes, &simNode{c: c, id: uint64(i), dir: filepath.Join(dir, fmt.Sprintf("node%d", i))})
+		c.nodes = append(c.nodes, &simNode{c: c, id: uint64(i), dir: filepath.Join(dir, fmt.Sprintf("node%d", i)), disk: newSlowDisk()})
 	}
 	return c
 }
@@ -182,7 +184,7 @@ func (n *simNode) start() error {
 		StartReplica: func(onEffects func([]consensus.Effect), onRestore func()) (actors.NodeReplica, error) {
 			return consensus.StartReplica(consensus.ReplicaConfig{
 				ReplicaID: n.id, DataDir: filepath.Join(n.dir, "raft"), RaftAddr: c.raftAddrs[n.id],
-				InitialMembers: c.raftAddrs, TransportFactory: c.rnet,
+				InitialMembers: c.raftAddrs, TransportFactory: c.rnet, FS: n.disk.fs,
 				SnapshotEntries: simSnapshotEntries, CompactionOverhead: simSnapshotEntries / 4,
 				Logger: log, OnEffects: onEffects, OnRestore: onRestore,
 			})

@@ -27,21 +27,30 @@ const (
 	// FaultPause freezes a node's network for a while and then delivers
 	// what was held.
 	FaultPause
+	// FaultDisk makes a minority of nodes' Raft storage slow for a while:
+	// every write and fsync of their log and snapshots waits DiskDelay
+	// first (a failing or overloaded disk). Failed writes are not
+	// injected: dragonboat treats an I/O error as fatal and stops the
+	// NodeHost, which the crash fault already covers.
+	FaultDisk
 )
 
 // Link fault rates while FaultLoss / FaultDelay are on.
 const (
 	LossRate = 0.05
 	MaxDelay = 20 * time.Millisecond
+	// DiskDelay bounds the wait a slow disk adds to each write and fsync
+	// (drawn per window from [DiskDelay/10, DiskDelay)).
+	DiskDelay = 200 * time.Millisecond
 )
 
 var faultNames = []struct {
 	f    Fault
 	name string
-}{{FaultCrash, "crash"}, {FaultPartition, "partition"}, {FaultLoss, "loss"}, {FaultDelay, "delay"}, {FaultPause, "pause"}}
+}{{FaultCrash, "crash"}, {FaultPartition, "partition"}, {FaultLoss, "loss"}, {FaultDelay, "delay"}, {FaultPause, "pause"}, {FaultDisk, "disk"}}
 
 // AllFaults is every fault kind.
-const AllFaults = FaultCrash | FaultPartition | FaultLoss | FaultDelay | FaultPause
+const AllFaults = FaultCrash | FaultPartition | FaultLoss | FaultDelay | FaultPause | FaultDisk
 
 // ParseFaults parses a comma-separated list of fault names ("all" for
 // every one, "none" for none).
@@ -64,7 +73,7 @@ func ParseFaults(s string) (Fault, error) {
 			}
 		}
 		if !found {
-			return 0, fmt.Errorf("unknown fault %q: allowed are crash, partition, loss, delay, pause, all, none", p)
+			return 0, fmt.Errorf("unknown fault %q: allowed are crash, partition, loss, delay, pause, disk, all, none", p)
 		}
 	}
 	return out, nil
@@ -87,16 +96,21 @@ func (f Fault) String() string {
 // the fault phase) the fault begins; it is healed after For.
 type faultEvent struct {
 	At, For time.Duration
-	Kind    string // crash, partition-majority, partition-one-way, partition-bridge, pause
+	Kind    string // crash, partition-majority, partition-one-way, partition-bridge, pause, disk-slow
 	Nodes   []uint64
 	// Side is the other side of a partition.
 	Side []uint64
+	// Delay is what a slow disk adds to each write and fsync.
+	Delay time.Duration
 }
 
 func (e faultEvent) String() string {
 	s := fmt.Sprintf("%6.2fs +%4.2fs %s %v", e.At.Seconds(), e.For.Seconds(), e.Kind, e.Nodes)
 	if len(e.Side) > 0 {
 		s += fmt.Sprintf(" | %v", e.Side)
+	}
+	if e.Delay > 0 {
+		s += fmt.Sprintf(" +%dms per write", e.Delay.Milliseconds())
 	}
 	return s
 }
@@ -118,6 +132,9 @@ func schedule(seed uint64, nodes int, faults Fault, phase, minW, maxW time.Durat
 	}
 	if faults&FaultPause != 0 {
 		kinds = append(kinds, "pause")
+	}
+	if faults&FaultDisk != 0 {
+		kinds = append(kinds, "disk-slow")
 	}
 	if len(kinds) == 0 {
 		return nil
@@ -149,6 +166,9 @@ func schedule(seed uint64, nodes int, faults Fault, phase, minW, maxW time.Durat
 			e.Kind = fmt.Sprintf("partition-bridge(%d)", perm[0])
 		case "pause":
 			e.Nodes = []uint64{perm[0]}
+		case "disk-slow":
+			e.Nodes = sorted(perm[:1+rng.IntN(max(minority, 1))])
+			e.Delay = DiskDelay/10 + time.Duration(rng.Int64N(int64(DiskDelay-DiskDelay/10)))
 		}
 		out = append(out, e)
 		at += e.For + time.Duration(200+rng.IntN(600))*time.Millisecond
@@ -199,6 +219,10 @@ func (c *cluster) begin(e faultEvent) {
 		for _, id := range e.Nodes {
 			c.net.Pause(id)
 		}
+	case e.Kind == "disk-slow":
+		for _, id := range e.Nodes {
+			c.node(id).disk.setDelay(e.Delay)
+		}
 	}
 }
 
@@ -213,6 +237,10 @@ func (c *cluster) heal(e faultEvent) {
 	case e.Kind == "pause":
 		for _, id := range e.Nodes {
 			c.net.Resume(id)
+		}
+	case e.Kind == "disk-slow":
+		for _, id := range e.Nodes {
+			c.node(id).disk.setDelay(0)
 		}
 	default:
 		c.net.HealAll()

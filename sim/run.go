@@ -138,6 +138,8 @@ type Report struct {
 	Workload time.Duration // the fault phase
 	Messages struct{ Sent, Dropped, Delayed, Held int64 }
 	Crashes  int
+	// SlowWrites counts the Raft storage writes a slow disk delayed.
+	SlowWrites int64
 	// MaxOverlap is the longest time two copies of one VM ran at once.
 	MaxOverlap time.Duration
 	// Files written for a failing run.
@@ -172,8 +174,8 @@ func (r *Report) Print(w io.Writer) {
 		mig = ", no migrate"
 	}
 	fmt.Fprintf(w, "seed %d: %d nodes, %d clients, %d ops%s, faults %s, plant %s\n", r.Seed, r.Config.Nodes, r.Config.Clients, r.Config.Ops, mig, r.Config.Faults, plantName(r.Config.Plant))
-	fmt.Fprintf(w, "  fault schedule: %d windows drawn, %d injected (crashes %d); messages sent %d, dropped %d, delayed %d, held %d\n",
-		len(r.Schedule), r.Injected, r.Crashes, r.Messages.Sent, r.Messages.Dropped, r.Messages.Delayed, r.Messages.Held)
+	fmt.Fprintf(w, "  fault schedule: %d windows drawn, %d injected (crashes %d, slowed disk writes %d); messages sent %d, dropped %d, delayed %d, held %d\n",
+		len(r.Schedule), r.Injected, r.Crashes, r.SlowWrites, r.Messages.Sent, r.Messages.Dropped, r.Messages.Delayed, r.Messages.Held)
 	for i, e := range r.Schedule {
 		if i >= r.Injected {
 			break
@@ -348,6 +350,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.Messages.Delayed, rep.Messages.Held = c.net.Delayed.Load(), c.net.Held.Load()
 	for _, n := range c.nodes {
 		rep.Crashes += n.crashes
+		rep.SlowWrites += n.disk.slowed.Load()
 	}
 	if cfg.CheckLeaks {
 		rep.Verdicts = append(rep.Verdicts, checkLeaks(leakOpt))
