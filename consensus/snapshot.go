@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -154,7 +156,7 @@ func (e *snapEncoder) message(num protowire.Number, m proto.Message) {
 // Restore replaces the state with a snapshot written by Save. On error the
 // state is left unchanged.
 func (s *State) Restore(r io.Reader) error {
-	data, err := io.ReadAll(r)
+	data, err := readAll(r)
 	if err != nil {
 		return fmt.Errorf("restoring snapshot: %w", err)
 	}
@@ -166,6 +168,36 @@ func (s *State) Restore(r io.Reader) error {
 	return nil
 }
 
+// readAll reads r to the end. A reader that knows how much is left (a
+// bytes.Reader or bytes.Buffer, a file) is read into one buffer of that
+// size instead of io.ReadAll's doubling copies.
+func readAll(r io.Reader) ([]byte, error) {
+	size := -1
+	switch x := r.(type) {
+	case interface{ Len() int }:
+		size = x.Len()
+	case interface{ Stat() (fs.FileInfo, error) }:
+		if fi, err := x.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() < math.MaxInt32 {
+			size = int(fi.Size())
+		}
+	}
+	if size < 0 {
+		return io.ReadAll(r)
+	}
+	// One byte more, so that a reader that grew meanwhile is noticed and
+	// read to the end too.
+	buf := make([]byte, size+1)
+	n, err := io.ReadFull(r, buf)
+	switch err {
+	case io.ErrUnexpectedEOF, io.EOF:
+		return buf[:n], nil
+	case nil:
+		rest, err := io.ReadAll(r)
+		return append(buf, rest...), err
+	}
+	return nil, err
+}
+
 func decodeSnapshot(data []byte) (*State, error) {
 	if len(data) < 8 || !bytes.Equal(data[:4], []byte(snapshotMagic)) {
 		return nil, errors.New("not a blixard snapshot (bad magic)")
@@ -175,16 +207,18 @@ func decodeSnapshot(data []byte) (*State, error) {
 	}
 	b := data[8:]
 	s := NewState()
-	if n := countField(b, 5); n > 0 {
-		s.vms = make(map[string]*vm, n)
-		s.vmByID = make(map[uint64]*vm, n)
-	}
 	var (
 		version uint64
 		nodeRec blixardpb.NodeRecord
 		vmRec   blixardpb.VmRecord
+		vmDec   = newVMRecordDecoder()
 		vms     []*vm
 	)
+	if n := countField(b, 5); n > 0 {
+		s.vms = make(map[string]*vm, n)
+		s.vmByID = make(map[uint64]*vm, n)
+		vms = make([]*vm, 0, n)
+	}
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -229,10 +263,15 @@ func decodeSnapshot(data []byte) (*State, error) {
 				return nil, err
 			}
 		case num == 5 && typ == protowire.BytesType:
-			if err := proto.Unmarshal(field, &vmRec); err != nil {
-				return nil, fmt.Errorf("vm: %w", err)
+			rec, ok := vmDec.decode(field)
+			if !ok {
+				vmRec.Reset()
+				if err := proto.Unmarshal(field, &vmRec); err != nil {
+					return nil, fmt.Errorf("vm: %w", err)
+				}
+				rec = &vmRec
 			}
-			v, err := restoreVM(&vmRec)
+			v, err := restoreVM(rec)
 			if err != nil {
 				return nil, err
 			}
