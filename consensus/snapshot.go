@@ -299,6 +299,16 @@ func decodeSnapshot(data []byte) (*State, error) {
 		return nil, fmt.Errorf("snapshot message version %d, want %d", version, SnapshotVersion)
 	}
 	// VMs reference nodes and the subnet, which are complete only now.
+	// Each node's VM index is made at its final size at once.
+	perNode := make(map[uint64]int, len(s.nodes))
+	for _, v := range vms {
+		perNode[v.node]++
+	}
+	for id, k := range perNode {
+		if n, ok := s.nodes[id]; ok && len(n.vms) == 0 {
+			n.vms = make(map[uint64]*vm, k)
+		}
+	}
 	for _, v := range vms {
 		if v.id == 0 || v.id >= s.nextVMID {
 			return nil, fmt.Errorf("vm %q has id %d, outside 1-%d", v.name, v.id, s.nextVMID-1)
