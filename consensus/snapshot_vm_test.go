@@ -2,10 +2,13 @@ package consensus
 
 import (
 	"bytes"
+	"io"
 	"math/rand"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -199,4 +202,45 @@ func FuzzVMRecordDecoder(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkVMRecordDecoder(t, newVMRecordDecoder(), data)
 	})
+}
+
+// lyingLen reports fewer bytes than it holds, as a reader that grew
+// after Len was asked would.
+type lyingLen struct{ *bytes.Reader }
+
+func (l lyingLen) Len() int { return l.Reader.Len() / 2 }
+
+// TestReadAll: Restore's reader reads everything whatever the reader
+// says about its length.
+func TestReadAll(t *testing.T) {
+	data := bytes.Repeat([]byte("blixard "), 10000)
+	f, err := os.CreateTemp(t.TempDir(), "snap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range map[string]io.Reader{
+		"bytes.Reader": bytes.NewReader(data),
+		"plain":        iotest.OneByteReader(bytes.NewReader(data)),
+		"short Len":    lyingLen{bytes.NewReader(data)},
+		"file":         f,
+		"empty":        bytes.NewReader(nil),
+	} {
+		got, err := readAll(r)
+		want := data
+		if name == "empty" {
+			want = nil
+		}
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: read %d bytes (err %v), want %d", name, len(got), err, len(want))
+		}
+	}
+	if _, err := readAll(iotest.ErrReader(io.ErrClosedPipe)); err == nil {
+		t.Error("a failing reader gave no error")
+	}
 }
