@@ -114,6 +114,8 @@ func (d *vmRecordDecoder) decode(b []byte) (rec *blixardpb.VmRecord, ok bool) {
 			rec.CreatedUnixMs = int64(r.varint(typ))
 		case 13:
 			rec.UpdatedUnixMs = int64(r.varint(typ))
+		case 14:
+			rec.MigrateTo = r.varint(typ)
 		default:
 			return nil, false
 		}
