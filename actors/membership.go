@@ -52,9 +52,8 @@ func (n *Node) runMembership() {
 	changer, _ := n.replica.(raftMembershipChanger)
 	tick := time.NewTicker(membershipTick)
 	defer tick.Stop()
-	var leaderSince time.Time
+	var lead leadership
 	var lastRejoin time.Time
-	seenAlive := map[uint64]uint64{}
 	rejoining := make(chan struct{}, 1)
 	for {
 		select {
@@ -77,10 +76,8 @@ func (n *Node) runMembership() {
 			default:
 			}
 		}
-		leader, _, ok := n.replica.LeaderID()
-		if !ok || leader != n.cfg.NodeID || changer == nil {
-			leaderSince = time.Time{}
-			clear(seenAlive)
+		leader, term, ok := n.replica.LeaderID()
+		if !lead.observe(now, ok && leader == n.cfg.NodeID && changer != nil, term) {
 			continue
 		}
 		// Where in the log each member was last seen alive. Read the
@@ -89,17 +86,52 @@ func (n *Node) runMembership() {
 		idx := n.replica.AppliedIndex()
 		for _, m := range g.Members() {
 			if m.State == membership.StateAlive || m.State == membership.StateSuspect {
-				seenAlive[m.NodeID] = idx
-			} else if _, ok := seenAlive[m.NodeID]; !ok {
-				seenAlive[m.NodeID] = idx
+				lead.seenAlive[m.NodeID] = idx
+			} else if _, ok := lead.seenAlive[m.NodeID]; !ok {
+				lead.seenAlive[m.NodeID] = idx
 			}
 		}
-		if leaderSince.IsZero() {
-			leaderSince = now
-			n.log.Info("leading membership: gossip events now drive raft membership and node status")
+		if lead.fresh {
+			n.log.Info("leading membership: gossip events now drive raft membership and node status", "term", term)
 		}
-		n.leadMembership(g, changer, leaderSince, seenAlive)
+		n.leadMembership(g, changer, lead.since, lead.term, lead.seenAlive)
 	}
+}
+
+// leadership is what the membership loop knows of this node's current
+// term as leader: since when it leads (the down clock of members it
+// already saw dead starts one grace after that) and where in the log it
+// saw each member alive. Both belong to one term: leading again in a
+// later term starts over even when the loop never saw the node follow in
+// between (the simulator found a leader that was cut off while a
+// membership action blocked, lost and regained leadership meanwhile, and
+// then set down, on the stale view from its isolation, nodes that had
+// kept quorum contact: soak seed 8000117).
+type leadership struct {
+	since     time.Time
+	term      uint64
+	fresh     bool // since was set by the last observe
+	seenAlive map[uint64]uint64
+}
+
+// observe records whether this node leads at now in term, and reports
+// whether it does.
+func (l *leadership) observe(now time.Time, leading bool, term uint64) bool {
+	l.fresh = false
+	if !leading || term != l.term {
+		l.since, l.term = time.Time{}, 0
+		clear(l.seenAlive)
+	}
+	if !leading {
+		return false
+	}
+	if l.since.IsZero() {
+		l.since, l.term, l.fresh = now, term, true
+		if l.seenAlive == nil {
+			l.seenAlive = map[uint64]uint64{}
+		}
+	}
+	return true
 }
 
 // rejoinGossip joins the gossip addresses of node records that the
@@ -131,7 +163,7 @@ func (n *Node) rejoinGossip(g Gossip) {
 	}
 }
 
-func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since time.Time, seenAlive map[uint64]uint64) {
+func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since time.Time, term uint64, seenAlive map[uint64]uint64) {
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
 	rm, err := changer.Membership(ctx)
@@ -150,6 +182,11 @@ func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since tim
 	}
 	for _, a := range planMembership(view) {
 		if n.ctx.Err() != nil {
+			return
+		}
+		if l, t, ok := n.replica.LeaderID(); !ok || l != n.cfg.NodeID || t != term {
+			// The plan is of a term this node no longer leads (an earlier
+			// action may have blocked across a leader change).
 			return
 		}
 		if err := n.doMembershipAction(ctx, g, changer, a); err != nil {
