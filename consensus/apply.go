@@ -616,12 +616,35 @@ func (a *applier) startVM(op *blixardpb.StartVm) (outcome, *cmdErr) {
 			return outcome{}, err
 		}
 		to = n.id
+		if to != v.node && a.mayRun(v) {
+			// Stopped, but its node has not confirmed it yet (a guest
+			// may take the whole stop grace): hand it over as a
+			// migration does, so the new copy starts only once the old
+			// one has stopped (soak seed 9000042).
+			a.update(v, func() {
+				v.desired = blixardpb.DesiredState_DESIRED_RUNNING
+				v.moveTo, v.message, v.restarts = to, "starting on node "+u64(to)+" once node "+u64(v.node)+" has stopped it", 0
+			})
+			return vmOutcome(v), nil
+		}
 	}
 	a.update(v, func() {
 		v.desired = blixardpb.DesiredState_DESIRED_RUNNING
-		v.node, v.status, v.message, v.restarts = to, blixardpb.VmStatus_VM_STATUS_PENDING, "", 0
+		v.node, v.moveTo, v.status, v.message, v.restarts = to, 0, blixardpb.VmStatus_VM_STATUS_PENDING, "", 0
 	})
 	return vmOutcome(v), nil
+}
+
+// mayRun reports whether v's node may still run it: v is placed on a node
+// that is neither down nor gone (fencing covers those), and that node has
+// not reported it stopped at the current generation. A VM that may run
+// must not start anywhere else until its node reports it stopped.
+func (a *applier) mayRun(v *vm) bool {
+	if v.node == 0 || v.status == blixardpb.VmStatus_VM_STATUS_STOPPED {
+		return false
+	}
+	n, ok := a.nodes[v.node]
+	return ok && n.status != blixardpb.NodeStatus_NODE_STATUS_DOWN && n.status != blixardpb.NodeStatus_NODE_STATUS_LEFT
 }
 
 // canStay reports whether stopped VM v can start again on the node it
@@ -694,7 +717,7 @@ func (a *applier) migrateVM(op *blixardpb.MigrateVm) (outcome, *cmdErr) {
 	} else if to, err = a.choose(v, v.node); err != nil {
 		return outcome{}, err
 	}
-	if v.node != 0 && (v.desired == blixardpb.DesiredState_DESIRED_RUNNING || v.status != blixardpb.VmStatus_VM_STATUS_STOPPED) {
+	if a.mayRun(v) {
 		// It may run where it is: hand it over. Its node's agent stops it
 		// and reports it stopped, and only then does it move (see
 		// reportVMStatus), so two copies never run at once.

@@ -358,13 +358,20 @@ func TestApplyStartStop(t *testing.T) {
 	if u := h.s.NodeUsage(1); u.Vcpus != 2 {
 		t.Errorf("capacity counted twice: %+v", u)
 	}
-	// Stop, fill node 1, start: placed anew on node 2.
+	// Stop, fill node 1, start: placed anew on node 2 — once node 1 has
+	// confirmed the stop. Before that it is handed over (node 1 told to
+	// stop it, node 2 holding its room), as a migration is.
 	h.must(cmdStop("web"))
 	h.must(mutSpec(func(s *blixardpb.VmSpec) { s.NodeId, s.Vcpus = 1, 8 }))
 	_, eff = h.must(cmdStart("web"))
 	r = vmOf(t, h.s, "web")
-	if r.GetNodeId() != 2 || len(eff) != 1 || eff[0].PrevNodeID != 1 || !eff[0].Concerns(1) || !eff[0].Concerns(2) {
-		t.Fatalf("start without room on its node: %v %v", r, eff)
+	if r.GetNodeId() != 1 || r.GetMigrateTo() != 2 || len(eff) != 1 || !eff[0].Concerns(1) || eff[0].Concerns(2) {
+		t.Fatalf("start without room on its node, stop not confirmed: %v %v", r, eff)
+	}
+	_, eff = h.must(cmdReport(&blixardpb.ReportVmStatus{Name: "web", NodeId: 1, Generation: r.GetGeneration(), Status: blixardpb.VmStatus_VM_STATUS_STOPPED}))
+	r = vmOf(t, h.s, "web")
+	if r.GetNodeId() != 2 || r.GetMigrateTo() != 0 || len(eff) != 1 || eff[0].PrevNodeID != 1 || !eff[0].Concerns(1) || !eff[0].Concerns(2) {
+		t.Fatalf("after node 1 confirmed the stop: %v %v", r, eff)
 	}
 }
 
