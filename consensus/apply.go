@@ -178,6 +178,8 @@ func (a *applier) dispatch(cmd *blixardpb.Command) (outcome, *cmdErr) {
 		return a.setNodeSchedulable(op.SetNodeSchedulable)
 	case *blixardpb.Command_RemoveNode:
 		return a.removeNode(op.RemoveNode)
+	case *blixardpb.Command_NodeHeartbeat:
+		return a.nodeHeartbeat(op.NodeHeartbeat)
 	case *blixardpb.Command_CreateVm:
 		return a.createVM(op.CreateVm)
 	case *blixardpb.Command_StartVm:
@@ -377,7 +379,7 @@ func (a *applier) setNodeStatus(op *blixardpb.SetNodeStatus) (outcome, *cmdErr) 
 	if seen := op.GetSeenAliveIndex(); seen != 0 && op.GetStatus() == blixardpb.NodeStatus_NODE_STATUS_DOWN && n.registeredIdx > seen {
 		// The node came back (and may run its VMs again) after the
 		// proposer last saw it alive: its view is stale.
-		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "stale: node %d registered again at index %d, after it was last seen alive at index %d", n.id, n.registeredIdx, seen)
+		return outcome{}, errf(blixardpb.Code_FAILED_PRECONDITION, "stale: node %d registered or sent a heartbeat at index %d, after it was last seen alive at index %d", n.id, n.registeredIdx, seen)
 	}
 	if n.status != op.GetStatus() {
 		n.updatedMS = a.now
@@ -493,6 +495,18 @@ func (a *applier) placeWaiting() {
 		}
 		a.move(v, to.id, blixardpb.VmStatus_VM_STATUS_PENDING, "")
 	}
+}
+
+// nodeHeartbeat records that node op.NodeId had quorum contact at this
+// entry (see SetNodeStatus.seen_alive_index). It changes nothing else: a
+// node set down comes back through UpsertNode.
+func (a *applier) nodeHeartbeat(op *blixardpb.NodeHeartbeat) (outcome, *cmdErr) {
+	n, err := a.node(op.GetNodeId())
+	if err != nil {
+		return outcome{}, err
+	}
+	n.registeredIdx = a.idx
+	return outcome{}, nil
 }
 
 func (a *applier) setNodeSchedulable(op *blixardpb.SetNodeSchedulable) (outcome, *cmdErr) {

@@ -55,6 +55,42 @@ func TestStaleDownAfterReturnIsRefused(t *testing.T) {
 	}
 }
 
+// TestDownAfterHeartbeatIsRefused is the regression test of soak seed
+// 14000063: in a bridge partition the leader's gossip held node 2 dead
+// while node 2 reached the quorum through the bridge node and ran its VM;
+// the leader set it down, the VM started elsewhere, and node 2 stopped its
+// copy only when it applied the same entry, 16 ms later. Nodes now commit
+// a heartbeat in every fence check, and a down whose proposer last saw the
+// node alive before its latest heartbeat is refused.
+func TestDownAfterHeartbeatIsRefused(t *testing.T) {
+	h := newHarness(t)
+	h.must(cmdNode(1, 8, 8192))
+	h.must(cmdNode(2, 8, 8192))
+	seen := h.s.AppliedIndex() // the leader's gossip last showed node 2 alive here
+	h.must(cmdCreateVM("web", 1, 256))
+	hb := &blixardpb.Command{Op: &blixardpb.Command_NodeHeartbeat{NodeHeartbeat: &blixardpb.NodeHeartbeat{NodeId: 2}}}
+	_, eff := h.must(hb)
+	if len(eff) != 0 {
+		t.Fatalf("a heartbeat had effects: %v", eff)
+	}
+	if n, _ := h.s.Node(2); n.GetRegisteredIndex() != h.s.AppliedIndex() {
+		t.Fatalf("heartbeat at %d, registered index %d", h.s.AppliedIndex(), n.GetRegisteredIndex())
+	}
+	res, _ := h.apply(cmdDownSeen(2, seen))
+	if res.GetError().GetCode() != blixardpb.Code_FAILED_PRECONDITION {
+		t.Fatalf("down of a node that sent a heartbeat since: got %v, want FAILED_PRECONDITION", res.GetError())
+	}
+	// Once the heartbeats stop, a down on a newer sighting stands.
+	if res, _ := h.apply(cmdDownSeen(2, h.s.AppliedIndex())); res.GetError().GetCode() != blixardpb.Code_OK {
+		t.Fatalf("down after the heartbeats stopped: %v", res.GetError())
+	}
+	// A heartbeat of an unknown node is refused and changes nothing.
+	res, _ = h.apply(&blixardpb.Command{Op: &blixardpb.Command_NodeHeartbeat{NodeHeartbeat: &blixardpb.NodeHeartbeat{NodeId: 9}}})
+	if res.GetError().GetCode() != blixardpb.Code_NOT_FOUND {
+		t.Fatalf("heartbeat of node 9: %v", res.GetError())
+	}
+}
+
 // TestFailedRequestIsNotAppliedLater is the regression test of a
 // linearizability violation the simulator found (make sim, seed 1): a
 // client's create failed (ALREADY_EXISTS) and it was told so; the VM was

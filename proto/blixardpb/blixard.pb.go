@@ -978,6 +978,7 @@ type Command struct {
 	//	*Command_InitCluster
 	//	*Command_SetNodeSchedulable
 	//	*Command_RemoveNode
+	//	*Command_NodeHeartbeat
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1133,6 +1134,15 @@ func (x *Command) GetRemoveNode() *RemoveNode {
 	return nil
 }
 
+func (x *Command) GetNodeHeartbeat() *NodeHeartbeat {
+	if x != nil {
+		if x, ok := x.Op.(*Command_NodeHeartbeat); ok {
+			return x.NodeHeartbeat
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1181,6 +1191,10 @@ type Command_RemoveNode struct {
 	RemoveNode *RemoveNode `protobuf:"bytes,20,opt,name=remove_node,json=removeNode,proto3,oneof"`
 }
 
+type Command_NodeHeartbeat struct {
+	NodeHeartbeat *NodeHeartbeat `protobuf:"bytes,21,opt,name=node_heartbeat,json=nodeHeartbeat,proto3,oneof"`
+}
+
 func (*Command_CreateVm) isCommand_Op() {}
 
 func (*Command_StartVm) isCommand_Op() {}
@@ -1202,6 +1216,8 @@ func (*Command_InitCluster) isCommand_Op() {}
 func (*Command_SetNodeSchedulable) isCommand_Op() {}
 
 func (*Command_RemoveNode) isCommand_Op() {}
+
+func (*Command_NodeHeartbeat) isCommand_Op() {}
 
 type CreateVm struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1530,8 +1546,9 @@ type SetNodeStatus struct {
 	Status NodeStatus             `protobuf:"varint,2,opt,name=status,proto3,enum=blixard.v1.NodeStatus" json:"status,omitempty"`
 	// For status down: the last applied index at which the proposer saw the
 	// node alive. Nonzero, the command is refused when the node registered
-	// (UpsertNode) at a later index: it came back, and may already run its
-	// VMs again, since the proposer last saw it.
+	// (UpsertNode) or sent a heartbeat (NodeHeartbeat) at a later index: it
+	// has had quorum contact, and may run its VMs, since the proposer last
+	// saw it.
 	SeenAliveIndex uint64 `protobuf:"varint,3,opt,name=seen_alive_index,json=seenAliveIndex,proto3" json:"seen_alive_index,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -1588,6 +1605,54 @@ func (x *SetNodeStatus) GetSeenAliveIndex() uint64 {
 	return 0
 }
 
+// NodeHeartbeat is proposed by every node while it has quorum contact (its
+// self-fencing check): it moves the node's registered_index to this entry,
+// so a down decision made on an older sighting is refused. A node that
+// can commit it is not down, whatever gossip says.
+type NodeHeartbeat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeHeartbeat) Reset() {
+	*x = NodeHeartbeat{}
+	mi := &file_blixard_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeHeartbeat) ProtoMessage() {}
+
+func (x *NodeHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_blixard_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeHeartbeat.ProtoReflect.Descriptor instead.
+func (*NodeHeartbeat) Descriptor() ([]byte, []int) {
+	return file_blixard_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *NodeHeartbeat) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
 type SetNodeSchedulable struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1598,7 +1663,7 @@ type SetNodeSchedulable struct {
 
 func (x *SetNodeSchedulable) Reset() {
 	*x = SetNodeSchedulable{}
-	mi := &file_blixard_proto_msgTypes[15]
+	mi := &file_blixard_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1675,7 @@ func (x *SetNodeSchedulable) String() string {
 func (*SetNodeSchedulable) ProtoMessage() {}
 
 func (x *SetNodeSchedulable) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[15]
+	mi := &file_blixard_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1688,7 @@ func (x *SetNodeSchedulable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeSchedulable.ProtoReflect.Descriptor instead.
 func (*SetNodeSchedulable) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{15}
+	return file_blixard_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetNodeSchedulable) GetNodeId() uint64 {
@@ -1649,7 +1714,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_blixard_proto_msgTypes[16]
+	mi := &file_blixard_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +1726,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[16]
+	mi := &file_blixard_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +1739,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{16}
+	return file_blixard_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoveNode) GetNodeId() uint64 {
@@ -1695,7 +1760,7 @@ type MigrateVm struct {
 
 func (x *MigrateVm) Reset() {
 	*x = MigrateVm{}
-	mi := &file_blixard_proto_msgTypes[17]
+	mi := &file_blixard_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1772,7 @@ func (x *MigrateVm) String() string {
 func (*MigrateVm) ProtoMessage() {}
 
 func (x *MigrateVm) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[17]
+	mi := &file_blixard_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1785,7 @@ func (x *MigrateVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateVm.ProtoReflect.Descriptor instead.
 func (*MigrateVm) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{17}
+	return file_blixard_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MigrateVm) GetName() string {
@@ -1748,7 +1813,7 @@ type InitCluster struct {
 
 func (x *InitCluster) Reset() {
 	*x = InitCluster{}
-	mi := &file_blixard_proto_msgTypes[18]
+	mi := &file_blixard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1825,7 @@ func (x *InitCluster) String() string {
 func (*InitCluster) ProtoMessage() {}
 
 func (x *InitCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[18]
+	mi := &file_blixard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1838,7 @@ func (x *InitCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitCluster.ProtoReflect.Descriptor instead.
 func (*InitCluster) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{18}
+	return file_blixard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *InitCluster) GetConfig() *ClusterConfig {
@@ -1795,7 +1860,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_blixard_proto_msgTypes[19]
+	mi := &file_blixard_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1872,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[19]
+	mi := &file_blixard_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +1885,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{19}
+	return file_blixard_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Result) GetError() *Error {
@@ -1855,7 +1920,7 @@ type RequestEntry struct {
 
 func (x *RequestEntry) Reset() {
 	*x = RequestEntry{}
-	mi := &file_blixard_proto_msgTypes[20]
+	mi := &file_blixard_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +1932,7 @@ func (x *RequestEntry) String() string {
 func (*RequestEntry) ProtoMessage() {}
 
 func (x *RequestEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[20]
+	mi := &file_blixard_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +1945,7 @@ func (x *RequestEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestEntry.ProtoReflect.Descriptor instead.
 func (*RequestEntry) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{20}
+	return file_blixard_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RequestEntry) GetRequestId() string {
@@ -1922,7 +1987,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_blixard_proto_msgTypes[21]
+	mi := &file_blixard_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +1999,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[21]
+	mi := &file_blixard_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2012,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{21}
+	return file_blixard_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Snapshot) GetVersion() uint32 {
@@ -2010,7 +2075,7 @@ type CreateVmRequest struct {
 
 func (x *CreateVmRequest) Reset() {
 	*x = CreateVmRequest{}
-	mi := &file_blixard_proto_msgTypes[22]
+	mi := &file_blixard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2022,7 +2087,7 @@ func (x *CreateVmRequest) String() string {
 func (*CreateVmRequest) ProtoMessage() {}
 
 func (x *CreateVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[22]
+	mi := &file_blixard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2035,7 +2100,7 @@ func (x *CreateVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVmRequest.ProtoReflect.Descriptor instead.
 func (*CreateVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{22}
+	return file_blixard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateVmRequest) GetRequestId() string {
@@ -2069,7 +2134,7 @@ type StartVmRequest struct {
 
 func (x *StartVmRequest) Reset() {
 	*x = StartVmRequest{}
-	mi := &file_blixard_proto_msgTypes[23]
+	mi := &file_blixard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2146,7 @@ func (x *StartVmRequest) String() string {
 func (*StartVmRequest) ProtoMessage() {}
 
 func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[23]
+	mi := &file_blixard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2159,7 @@ func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVmRequest.ProtoReflect.Descriptor instead.
 func (*StartVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{23}
+	return file_blixard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StartVmRequest) GetRequestId() string {
@@ -2121,7 +2186,7 @@ type StopVmRequest struct {
 
 func (x *StopVmRequest) Reset() {
 	*x = StopVmRequest{}
-	mi := &file_blixard_proto_msgTypes[24]
+	mi := &file_blixard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2198,7 @@ func (x *StopVmRequest) String() string {
 func (*StopVmRequest) ProtoMessage() {}
 
 func (x *StopVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[24]
+	mi := &file_blixard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2211,7 @@ func (x *StopVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopVmRequest.ProtoReflect.Descriptor instead.
 func (*StopVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{24}
+	return file_blixard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StopVmRequest) GetRequestId() string {
@@ -2173,7 +2238,7 @@ type DeleteVmRequest struct {
 
 func (x *DeleteVmRequest) Reset() {
 	*x = DeleteVmRequest{}
-	mi := &file_blixard_proto_msgTypes[25]
+	mi := &file_blixard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2250,7 @@ func (x *DeleteVmRequest) String() string {
 func (*DeleteVmRequest) ProtoMessage() {}
 
 func (x *DeleteVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[25]
+	mi := &file_blixard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2263,7 @@ func (x *DeleteVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVmRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{25}
+	return file_blixard_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteVmRequest) GetRequestId() string {
@@ -2226,7 +2291,7 @@ type MigrateVmRequest struct {
 
 func (x *MigrateVmRequest) Reset() {
 	*x = MigrateVmRequest{}
-	mi := &file_blixard_proto_msgTypes[26]
+	mi := &file_blixard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2238,7 +2303,7 @@ func (x *MigrateVmRequest) String() string {
 func (*MigrateVmRequest) ProtoMessage() {}
 
 func (x *MigrateVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[26]
+	mi := &file_blixard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2251,7 +2316,7 @@ func (x *MigrateVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateVmRequest.ProtoReflect.Descriptor instead.
 func (*MigrateVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{26}
+	return file_blixard_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MigrateVmRequest) GetRequestId() string {
@@ -2285,7 +2350,7 @@ type VmResponse struct {
 
 func (x *VmResponse) Reset() {
 	*x = VmResponse{}
-	mi := &file_blixard_proto_msgTypes[27]
+	mi := &file_blixard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2297,7 +2362,7 @@ func (x *VmResponse) String() string {
 func (*VmResponse) ProtoMessage() {}
 
 func (x *VmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[27]
+	mi := &file_blixard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2310,7 +2375,7 @@ func (x *VmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VmResponse.ProtoReflect.Descriptor instead.
 func (*VmResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{27}
+	return file_blixard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VmResponse) GetError() *Error {
@@ -2338,7 +2403,7 @@ type GetVmRequest struct {
 
 func (x *GetVmRequest) Reset() {
 	*x = GetVmRequest{}
-	mi := &file_blixard_proto_msgTypes[28]
+	mi := &file_blixard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2350,7 +2415,7 @@ func (x *GetVmRequest) String() string {
 func (*GetVmRequest) ProtoMessage() {}
 
 func (x *GetVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[28]
+	mi := &file_blixard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2363,7 +2428,7 @@ func (x *GetVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVmRequest.ProtoReflect.Descriptor instead.
 func (*GetVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{28}
+	return file_blixard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetVmRequest) GetName() string {
@@ -2389,7 +2454,7 @@ type ListVmsRequest struct {
 
 func (x *ListVmsRequest) Reset() {
 	*x = ListVmsRequest{}
-	mi := &file_blixard_proto_msgTypes[29]
+	mi := &file_blixard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2466,7 @@ func (x *ListVmsRequest) String() string {
 func (*ListVmsRequest) ProtoMessage() {}
 
 func (x *ListVmsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[29]
+	mi := &file_blixard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2479,7 @@ func (x *ListVmsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVmsRequest.ProtoReflect.Descriptor instead.
 func (*ListVmsRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{29}
+	return file_blixard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListVmsRequest) GetStale() bool {
@@ -2434,7 +2499,7 @@ type ListVmsResponse struct {
 
 func (x *ListVmsResponse) Reset() {
 	*x = ListVmsResponse{}
-	mi := &file_blixard_proto_msgTypes[30]
+	mi := &file_blixard_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2511,7 @@ func (x *ListVmsResponse) String() string {
 func (*ListVmsResponse) ProtoMessage() {}
 
 func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[30]
+	mi := &file_blixard_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2524,7 @@ func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVmsResponse.ProtoReflect.Descriptor instead.
 func (*ListVmsResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{30}
+	return file_blixard_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListVmsResponse) GetError() *Error {
@@ -2495,7 +2560,7 @@ type WatchVmRequest struct {
 
 func (x *WatchVmRequest) Reset() {
 	*x = WatchVmRequest{}
-	mi := &file_blixard_proto_msgTypes[31]
+	mi := &file_blixard_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2507,7 +2572,7 @@ func (x *WatchVmRequest) String() string {
 func (*WatchVmRequest) ProtoMessage() {}
 
 func (x *WatchVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[31]
+	mi := &file_blixard_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2520,7 +2585,7 @@ func (x *WatchVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVmRequest.ProtoReflect.Descriptor instead.
 func (*WatchVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{31}
+	return file_blixard_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchVmRequest) GetName() string {
@@ -2589,7 +2654,7 @@ type VmLogsRequest struct {
 
 func (x *VmLogsRequest) Reset() {
 	*x = VmLogsRequest{}
-	mi := &file_blixard_proto_msgTypes[32]
+	mi := &file_blixard_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2666,7 @@ func (x *VmLogsRequest) String() string {
 func (*VmLogsRequest) ProtoMessage() {}
 
 func (x *VmLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[32]
+	mi := &file_blixard_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2679,7 @@ func (x *VmLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VmLogsRequest.ProtoReflect.Descriptor instead.
 func (*VmLogsRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{32}
+	return file_blixard_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *VmLogsRequest) GetName() string {
@@ -2664,7 +2729,7 @@ type VmLogsResponse struct {
 
 func (x *VmLogsResponse) Reset() {
 	*x = VmLogsResponse{}
-	mi := &file_blixard_proto_msgTypes[33]
+	mi := &file_blixard_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2676,7 +2741,7 @@ func (x *VmLogsResponse) String() string {
 func (*VmLogsResponse) ProtoMessage() {}
 
 func (x *VmLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[33]
+	mi := &file_blixard_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2689,7 +2754,7 @@ func (x *VmLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VmLogsResponse.ProtoReflect.Descriptor instead.
 func (*VmLogsResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{33}
+	return file_blixard_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VmLogsResponse) GetError() *Error {
@@ -2722,7 +2787,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_blixard_proto_msgTypes[34]
+	mi := &file_blixard_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2734,7 +2799,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[34]
+	mi := &file_blixard_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2747,7 +2812,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{34}
+	return file_blixard_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ClusterStatusRequest) GetStale() bool {
@@ -2773,7 +2838,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_blixard_proto_msgTypes[35]
+	mi := &file_blixard_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2785,7 +2850,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[35]
+	mi := &file_blixard_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2798,7 +2863,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{35}
+	return file_blixard_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NodeInfo) GetNode() *NodeRecord {
@@ -2864,7 +2929,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_blixard_proto_msgTypes[36]
+	mi := &file_blixard_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2876,7 +2941,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[36]
+	mi := &file_blixard_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2889,7 +2954,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{36}
+	return file_blixard_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ClusterStatusResponse) GetError() *Error {
@@ -2943,7 +3008,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_blixard_proto_msgTypes[37]
+	mi := &file_blixard_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2955,7 +3020,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[37]
+	mi := &file_blixard_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2968,7 +3033,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{37}
+	return file_blixard_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListNodesRequest) GetStale() bool {
@@ -2988,7 +3053,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_blixard_proto_msgTypes[38]
+	mi := &file_blixard_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3065,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[38]
+	mi := &file_blixard_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3078,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{38}
+	return file_blixard_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListNodesResponse) GetError() *Error {
@@ -3041,7 +3106,7 @@ type SetNodeSchedulableRequest struct {
 
 func (x *SetNodeSchedulableRequest) Reset() {
 	*x = SetNodeSchedulableRequest{}
-	mi := &file_blixard_proto_msgTypes[39]
+	mi := &file_blixard_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3053,7 +3118,7 @@ func (x *SetNodeSchedulableRequest) String() string {
 func (*SetNodeSchedulableRequest) ProtoMessage() {}
 
 func (x *SetNodeSchedulableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[39]
+	mi := &file_blixard_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3066,7 +3131,7 @@ func (x *SetNodeSchedulableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeSchedulableRequest.ProtoReflect.Descriptor instead.
 func (*SetNodeSchedulableRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{39}
+	return file_blixard_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SetNodeSchedulableRequest) GetRequestId() string {
@@ -3100,7 +3165,7 @@ type NodeResponse struct {
 
 func (x *NodeResponse) Reset() {
 	*x = NodeResponse{}
-	mi := &file_blixard_proto_msgTypes[40]
+	mi := &file_blixard_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3112,7 +3177,7 @@ func (x *NodeResponse) String() string {
 func (*NodeResponse) ProtoMessage() {}
 
 func (x *NodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[40]
+	mi := &file_blixard_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3125,7 +3190,7 @@ func (x *NodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResponse.ProtoReflect.Descriptor instead.
 func (*NodeResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{40}
+	return file_blixard_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NodeResponse) GetError() *Error {
@@ -3156,7 +3221,7 @@ type LeaveClusterRequest struct {
 
 func (x *LeaveClusterRequest) Reset() {
 	*x = LeaveClusterRequest{}
-	mi := &file_blixard_proto_msgTypes[41]
+	mi := &file_blixard_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3168,7 +3233,7 @@ func (x *LeaveClusterRequest) String() string {
 func (*LeaveClusterRequest) ProtoMessage() {}
 
 func (x *LeaveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[41]
+	mi := &file_blixard_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3181,7 +3246,7 @@ func (x *LeaveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveClusterRequest.ProtoReflect.Descriptor instead.
 func (*LeaveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{41}
+	return file_blixard_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *LeaveClusterRequest) GetNodeId() uint64 {
@@ -3280,7 +3345,7 @@ const file_blixard_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x16\n" +
 	"\x06subnet\x18\x02 \x01(\tR\x06subnet\x12\x1c\n" +
-	"\tplacement\x18\x03 \x01(\tR\tplacement\"\xe8\x05\n" +
+	"\tplacement\x18\x03 \x01(\tR\tplacement\"\xac\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
@@ -3300,7 +3365,8 @@ const file_blixard_proto_rawDesc = "" +
 	"\finit_cluster\x18\x12 \x01(\v2\x17.blixard.v1.InitClusterH\x00R\vinitCluster\x12R\n" +
 	"\x14set_node_schedulable\x18\x13 \x01(\v2\x1e.blixard.v1.SetNodeSchedulableH\x00R\x12setNodeSchedulable\x129\n" +
 	"\vremove_node\x18\x14 \x01(\v2\x16.blixard.v1.RemoveNodeH\x00R\n" +
-	"removeNodeB\x04\n" +
+	"removeNode\x12B\n" +
+	"\x0enode_heartbeat\x18\x15 \x01(\v2\x19.blixard.v1.NodeHeartbeatH\x00R\rnodeHeartbeatB\x04\n" +
 	"\x02op\"M\n" +
 	"\bCreateVm\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VmSpecR\x04spec\x12\x19\n" +
@@ -3327,7 +3393,9 @@ const file_blixard_proto_rawDesc = "" +
 	"\rSetNodeStatus\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12.\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x16.blixard.v1.NodeStatusR\x06status\x12(\n" +
-	"\x10seen_alive_index\x18\x03 \x01(\x04R\x0eseenAliveIndex\"O\n" +
+	"\x10seen_alive_index\x18\x03 \x01(\x04R\x0eseenAliveIndex\"(\n" +
+	"\rNodeHeartbeat\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\"O\n" +
 	"\x12SetNodeSchedulable\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12 \n" +
 	"\vschedulable\x18\x02 \x01(\bR\vschedulable\"%\n" +
@@ -3494,7 +3562,7 @@ func file_blixard_proto_rawDescGZIP() []byte {
 }
 
 var file_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_blixard_proto_goTypes = []any{
 	(Code)(0),                         // 0: blixard.v1.Code
 	(DesiredState)(0),                 // 1: blixard.v1.DesiredState
@@ -3515,45 +3583,46 @@ var file_blixard_proto_goTypes = []any{
 	(*ReportVmStatus)(nil),            // 16: blixard.v1.ReportVmStatus
 	(*UpsertNode)(nil),                // 17: blixard.v1.UpsertNode
 	(*SetNodeStatus)(nil),             // 18: blixard.v1.SetNodeStatus
-	(*SetNodeSchedulable)(nil),        // 19: blixard.v1.SetNodeSchedulable
-	(*RemoveNode)(nil),                // 20: blixard.v1.RemoveNode
-	(*MigrateVm)(nil),                 // 21: blixard.v1.MigrateVm
-	(*InitCluster)(nil),               // 22: blixard.v1.InitCluster
-	(*Result)(nil),                    // 23: blixard.v1.Result
-	(*RequestEntry)(nil),              // 24: blixard.v1.RequestEntry
-	(*Snapshot)(nil),                  // 25: blixard.v1.Snapshot
-	(*CreateVmRequest)(nil),           // 26: blixard.v1.CreateVmRequest
-	(*StartVmRequest)(nil),            // 27: blixard.v1.StartVmRequest
-	(*StopVmRequest)(nil),             // 28: blixard.v1.StopVmRequest
-	(*DeleteVmRequest)(nil),           // 29: blixard.v1.DeleteVmRequest
-	(*MigrateVmRequest)(nil),          // 30: blixard.v1.MigrateVmRequest
-	(*VmResponse)(nil),                // 31: blixard.v1.VmResponse
-	(*GetVmRequest)(nil),              // 32: blixard.v1.GetVmRequest
-	(*ListVmsRequest)(nil),            // 33: blixard.v1.ListVmsRequest
-	(*ListVmsResponse)(nil),           // 34: blixard.v1.ListVmsResponse
-	(*WatchVmRequest)(nil),            // 35: blixard.v1.WatchVmRequest
-	(*VmLogsRequest)(nil),             // 36: blixard.v1.VmLogsRequest
-	(*VmLogsResponse)(nil),            // 37: blixard.v1.VmLogsResponse
-	(*ClusterStatusRequest)(nil),      // 38: blixard.v1.ClusterStatusRequest
-	(*NodeInfo)(nil),                  // 39: blixard.v1.NodeInfo
-	(*ClusterStatusResponse)(nil),     // 40: blixard.v1.ClusterStatusResponse
-	(*ListNodesRequest)(nil),          // 41: blixard.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 42: blixard.v1.ListNodesResponse
-	(*SetNodeSchedulableRequest)(nil), // 43: blixard.v1.SetNodeSchedulableRequest
-	(*NodeResponse)(nil),              // 44: blixard.v1.NodeResponse
-	(*LeaveClusterRequest)(nil),       // 45: blixard.v1.LeaveClusterRequest
-	nil,                               // 46: blixard.v1.VmSpec.LabelsEntry
-	nil,                               // 47: blixard.v1.NodeRecord.LabelsEntry
+	(*NodeHeartbeat)(nil),             // 19: blixard.v1.NodeHeartbeat
+	(*SetNodeSchedulable)(nil),        // 20: blixard.v1.SetNodeSchedulable
+	(*RemoveNode)(nil),                // 21: blixard.v1.RemoveNode
+	(*MigrateVm)(nil),                 // 22: blixard.v1.MigrateVm
+	(*InitCluster)(nil),               // 23: blixard.v1.InitCluster
+	(*Result)(nil),                    // 24: blixard.v1.Result
+	(*RequestEntry)(nil),              // 25: blixard.v1.RequestEntry
+	(*Snapshot)(nil),                  // 26: blixard.v1.Snapshot
+	(*CreateVmRequest)(nil),           // 27: blixard.v1.CreateVmRequest
+	(*StartVmRequest)(nil),            // 28: blixard.v1.StartVmRequest
+	(*StopVmRequest)(nil),             // 29: blixard.v1.StopVmRequest
+	(*DeleteVmRequest)(nil),           // 30: blixard.v1.DeleteVmRequest
+	(*MigrateVmRequest)(nil),          // 31: blixard.v1.MigrateVmRequest
+	(*VmResponse)(nil),                // 32: blixard.v1.VmResponse
+	(*GetVmRequest)(nil),              // 33: blixard.v1.GetVmRequest
+	(*ListVmsRequest)(nil),            // 34: blixard.v1.ListVmsRequest
+	(*ListVmsResponse)(nil),           // 35: blixard.v1.ListVmsResponse
+	(*WatchVmRequest)(nil),            // 36: blixard.v1.WatchVmRequest
+	(*VmLogsRequest)(nil),             // 37: blixard.v1.VmLogsRequest
+	(*VmLogsResponse)(nil),            // 38: blixard.v1.VmLogsResponse
+	(*ClusterStatusRequest)(nil),      // 39: blixard.v1.ClusterStatusRequest
+	(*NodeInfo)(nil),                  // 40: blixard.v1.NodeInfo
+	(*ClusterStatusResponse)(nil),     // 41: blixard.v1.ClusterStatusResponse
+	(*ListNodesRequest)(nil),          // 42: blixard.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 43: blixard.v1.ListNodesResponse
+	(*SetNodeSchedulableRequest)(nil), // 44: blixard.v1.SetNodeSchedulableRequest
+	(*NodeResponse)(nil),              // 45: blixard.v1.NodeResponse
+	(*LeaveClusterRequest)(nil),       // 46: blixard.v1.LeaveClusterRequest
+	nil,                               // 47: blixard.v1.VmSpec.LabelsEntry
+	nil,                               // 48: blixard.v1.NodeRecord.LabelsEntry
 }
 var file_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Error.code:type_name -> blixard.v1.Code
 	5,  // 1: blixard.v1.VmSpec.volumes:type_name -> blixard.v1.Volume
 	6,  // 2: blixard.v1.VmSpec.restart:type_name -> blixard.v1.RestartPolicy
-	46, // 3: blixard.v1.VmSpec.labels:type_name -> blixard.v1.VmSpec.LabelsEntry
+	47, // 3: blixard.v1.VmSpec.labels:type_name -> blixard.v1.VmSpec.LabelsEntry
 	7,  // 4: blixard.v1.VmRecord.spec:type_name -> blixard.v1.VmSpec
 	1,  // 5: blixard.v1.VmRecord.desired:type_name -> blixard.v1.DesiredState
 	2,  // 6: blixard.v1.VmRecord.status:type_name -> blixard.v1.VmStatus
-	47, // 7: blixard.v1.NodeRecord.labels:type_name -> blixard.v1.NodeRecord.LabelsEntry
+	48, // 7: blixard.v1.NodeRecord.labels:type_name -> blixard.v1.NodeRecord.LabelsEntry
 	3,  // 8: blixard.v1.NodeRecord.status:type_name -> blixard.v1.NodeStatus
 	12, // 9: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVm
 	13, // 10: blixard.v1.Command.start_vm:type_name -> blixard.v1.StartVm
@@ -3562,43 +3631,44 @@ var file_blixard_proto_depIdxs = []int32{
 	16, // 13: blixard.v1.Command.report_vm_status:type_name -> blixard.v1.ReportVmStatus
 	17, // 14: blixard.v1.Command.upsert_node:type_name -> blixard.v1.UpsertNode
 	18, // 15: blixard.v1.Command.set_node_status:type_name -> blixard.v1.SetNodeStatus
-	21, // 16: blixard.v1.Command.migrate_vm:type_name -> blixard.v1.MigrateVm
-	22, // 17: blixard.v1.Command.init_cluster:type_name -> blixard.v1.InitCluster
-	19, // 18: blixard.v1.Command.set_node_schedulable:type_name -> blixard.v1.SetNodeSchedulable
-	20, // 19: blixard.v1.Command.remove_node:type_name -> blixard.v1.RemoveNode
-	7,  // 20: blixard.v1.CreateVm.spec:type_name -> blixard.v1.VmSpec
-	2,  // 21: blixard.v1.ReportVmStatus.status:type_name -> blixard.v1.VmStatus
-	9,  // 22: blixard.v1.UpsertNode.node:type_name -> blixard.v1.NodeRecord
-	3,  // 23: blixard.v1.SetNodeStatus.status:type_name -> blixard.v1.NodeStatus
-	10, // 24: blixard.v1.InitCluster.config:type_name -> blixard.v1.ClusterConfig
-	4,  // 25: blixard.v1.Result.error:type_name -> blixard.v1.Error
-	8,  // 26: blixard.v1.Result.vm:type_name -> blixard.v1.VmRecord
-	9,  // 27: blixard.v1.Result.node:type_name -> blixard.v1.NodeRecord
-	23, // 28: blixard.v1.RequestEntry.result:type_name -> blixard.v1.Result
-	10, // 29: blixard.v1.Snapshot.config:type_name -> blixard.v1.ClusterConfig
-	9,  // 30: blixard.v1.Snapshot.nodes:type_name -> blixard.v1.NodeRecord
-	8,  // 31: blixard.v1.Snapshot.vms:type_name -> blixard.v1.VmRecord
-	24, // 32: blixard.v1.Snapshot.requests:type_name -> blixard.v1.RequestEntry
-	7,  // 33: blixard.v1.CreateVmRequest.spec:type_name -> blixard.v1.VmSpec
-	4,  // 34: blixard.v1.VmResponse.error:type_name -> blixard.v1.Error
-	8,  // 35: blixard.v1.VmResponse.vm:type_name -> blixard.v1.VmRecord
-	4,  // 36: blixard.v1.ListVmsResponse.error:type_name -> blixard.v1.Error
-	8,  // 37: blixard.v1.ListVmsResponse.vms:type_name -> blixard.v1.VmRecord
-	2,  // 38: blixard.v1.WatchVmRequest.status:type_name -> blixard.v1.VmStatus
-	1,  // 39: blixard.v1.WatchVmRequest.desired:type_name -> blixard.v1.DesiredState
-	4,  // 40: blixard.v1.VmLogsResponse.error:type_name -> blixard.v1.Error
-	9,  // 41: blixard.v1.NodeInfo.node:type_name -> blixard.v1.NodeRecord
-	4,  // 42: blixard.v1.ClusterStatusResponse.error:type_name -> blixard.v1.Error
-	39, // 43: blixard.v1.ClusterStatusResponse.nodes:type_name -> blixard.v1.NodeInfo
-	4,  // 44: blixard.v1.ListNodesResponse.error:type_name -> blixard.v1.Error
-	39, // 45: blixard.v1.ListNodesResponse.nodes:type_name -> blixard.v1.NodeInfo
-	4,  // 46: blixard.v1.NodeResponse.error:type_name -> blixard.v1.Error
-	9,  // 47: blixard.v1.NodeResponse.node:type_name -> blixard.v1.NodeRecord
-	48, // [48:48] is the sub-list for method output_type
-	48, // [48:48] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	22, // 16: blixard.v1.Command.migrate_vm:type_name -> blixard.v1.MigrateVm
+	23, // 17: blixard.v1.Command.init_cluster:type_name -> blixard.v1.InitCluster
+	20, // 18: blixard.v1.Command.set_node_schedulable:type_name -> blixard.v1.SetNodeSchedulable
+	21, // 19: blixard.v1.Command.remove_node:type_name -> blixard.v1.RemoveNode
+	19, // 20: blixard.v1.Command.node_heartbeat:type_name -> blixard.v1.NodeHeartbeat
+	7,  // 21: blixard.v1.CreateVm.spec:type_name -> blixard.v1.VmSpec
+	2,  // 22: blixard.v1.ReportVmStatus.status:type_name -> blixard.v1.VmStatus
+	9,  // 23: blixard.v1.UpsertNode.node:type_name -> blixard.v1.NodeRecord
+	3,  // 24: blixard.v1.SetNodeStatus.status:type_name -> blixard.v1.NodeStatus
+	10, // 25: blixard.v1.InitCluster.config:type_name -> blixard.v1.ClusterConfig
+	4,  // 26: blixard.v1.Result.error:type_name -> blixard.v1.Error
+	8,  // 27: blixard.v1.Result.vm:type_name -> blixard.v1.VmRecord
+	9,  // 28: blixard.v1.Result.node:type_name -> blixard.v1.NodeRecord
+	24, // 29: blixard.v1.RequestEntry.result:type_name -> blixard.v1.Result
+	10, // 30: blixard.v1.Snapshot.config:type_name -> blixard.v1.ClusterConfig
+	9,  // 31: blixard.v1.Snapshot.nodes:type_name -> blixard.v1.NodeRecord
+	8,  // 32: blixard.v1.Snapshot.vms:type_name -> blixard.v1.VmRecord
+	25, // 33: blixard.v1.Snapshot.requests:type_name -> blixard.v1.RequestEntry
+	7,  // 34: blixard.v1.CreateVmRequest.spec:type_name -> blixard.v1.VmSpec
+	4,  // 35: blixard.v1.VmResponse.error:type_name -> blixard.v1.Error
+	8,  // 36: blixard.v1.VmResponse.vm:type_name -> blixard.v1.VmRecord
+	4,  // 37: blixard.v1.ListVmsResponse.error:type_name -> blixard.v1.Error
+	8,  // 38: blixard.v1.ListVmsResponse.vms:type_name -> blixard.v1.VmRecord
+	2,  // 39: blixard.v1.WatchVmRequest.status:type_name -> blixard.v1.VmStatus
+	1,  // 40: blixard.v1.WatchVmRequest.desired:type_name -> blixard.v1.DesiredState
+	4,  // 41: blixard.v1.VmLogsResponse.error:type_name -> blixard.v1.Error
+	9,  // 42: blixard.v1.NodeInfo.node:type_name -> blixard.v1.NodeRecord
+	4,  // 43: blixard.v1.ClusterStatusResponse.error:type_name -> blixard.v1.Error
+	40, // 44: blixard.v1.ClusterStatusResponse.nodes:type_name -> blixard.v1.NodeInfo
+	4,  // 45: blixard.v1.ListNodesResponse.error:type_name -> blixard.v1.Error
+	40, // 46: blixard.v1.ListNodesResponse.nodes:type_name -> blixard.v1.NodeInfo
+	4,  // 47: blixard.v1.NodeResponse.error:type_name -> blixard.v1.Error
+	9,  // 48: blixard.v1.NodeResponse.node:type_name -> blixard.v1.NodeRecord
+	49, // [49:49] is the sub-list for method output_type
+	49, // [49:49] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_blixard_proto_init() }
@@ -3618,6 +3688,7 @@ func file_blixard_proto_init() {
 		(*Command_InitCluster)(nil),
 		(*Command_SetNodeSchedulable)(nil),
 		(*Command_RemoveNode)(nil),
+		(*Command_NodeHeartbeat)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3625,7 +3696,7 @@ func file_blixard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blixard_proto_rawDesc), len(file_blixard_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
