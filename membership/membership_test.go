@@ -157,6 +157,9 @@ func TestNodeIDClashRefused(t *testing.T) {
 	if _, err := b.Join([]string{a.LocalAddr()}); err != nil {
 		t.Fatal(err)
 	}
+	// b's Join returns when a answered, which may be before a merged b
+	// into its view (CI saw dup join a view without node 2).
+	waitFor(t, "a sees 2 alive", func() bool { s, _ := stateOf(a, 2); return s == StateAlive })
 	dup := startGossip(t, 2, nil)
 	_, err := dup.Join([]string{a.LocalAddr()})
 	if !errors.Is(err, ErrNodeIDInUse) {
