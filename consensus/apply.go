@@ -217,15 +217,13 @@ func (s *State) detach(v *vm) {
 	if v.node != 0 {
 		if n, ok := s.nodes[v.node]; ok {
 			if v.holds() {
-				n.usedVcpus -= uint64(v.spec.vcpus)
-				n.usedMemMB -= v.spec.memoryMB
+				n.release(v)
 			}
 			delete(n.vms, v.id)
 		}
 	}
 	if n, ok := s.nodes[v.moveTo]; ok && v.reserves() {
-		n.usedVcpus -= uint64(v.spec.vcpus)
-		n.usedMemMB -= v.spec.memoryMB
+		n.release(v)
 	}
 	if _, ok := s.waiting[v.id]; ok {
 		delete(s.waiting, v.id)
@@ -237,14 +235,12 @@ func (s *State) attach(v *vm) {
 	if v.node != 0 {
 		if n, ok := s.nodes[v.node]; ok {
 			if v.holds() {
-				n.usedVcpus += uint64(v.spec.vcpus)
-				n.usedMemMB += v.spec.memoryMB
+				n.take(v)
 			}
 			n.vms[v.id] = v
 		}
 		if n, ok := s.nodes[v.moveTo]; ok && v.reserves() {
-			n.usedVcpus += uint64(v.spec.vcpus)
-			n.usedMemMB += v.spec.memoryMB
+			n.take(v)
 		}
 	} else if v.desired == blixardpb.DesiredState_DESIRED_RUNNING && v.status != blixardpb.VmStatus_VM_STATUS_LOST {
 		s.waiting[v.id] = v
@@ -434,12 +430,10 @@ func (a *applier) evacuate(n *node, all bool) {
 	}
 	for _, id := range ids {
 		v := n.vms[id]
-		handOver := false
-		if t, ok := a.nodes[v.moveTo]; ok && t.eligible() {
-			// A migration was handing v over: the node that ran it is
-			// gone (what it ran is fenced), so the hand-over completes.
-			handOver = true
-		}
+		// A migration was handing v over: the node that ran it is gone
+		// (what it ran is fenced), so the hand-over completes.
+		t, ok := a.nodes[v.moveTo]
+		handOver := ok && t.eligible()
 		switch {
 		case handOver && (v.desired != blixardpb.DesiredState_DESIRED_RUNNING || v.spec.restartMode != restartNever):
 			a.finishMove(v)

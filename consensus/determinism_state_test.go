@@ -411,19 +411,7 @@ func checkResultDecoder(t *testing.T, r *rand.Rand, results [][]byte) {
 // marshalling record() deterministically, for every optional part of a
 // record present or absent.
 func TestVMEncoderMatchesProto(t *testing.T) {
-	specs := []*blixardpb.VmSpec{
-		{Name: "min", Vcpus: 1, MemoryMb: 64},
-		realisticSpec("real"),
-		{Name: "full", Tenant: "t-1", Hypervisor: "firecracker", Vcpus: 64, MemoryMb: MaxMemoryMB,
-			Flake: "github:acme/vms#web", KernelParams: []string{"a=1", "", "ü=2"},
-			Volumes: []*blixardpb.Volume{
-				{Name: "a", SizeMb: 1},
-				{Name: "b", Image: "/img/b.raw", MountPoint: "/b", ReadOnly: true, SizeMb: MaxVolumeMB},
-			},
-			Restart: &blixardpb.RestartPolicy{Mode: "never", MaxRestarts: MaxRestarts, WindowSeconds: MaxWindowSec},
-			NodeId:  1,
-			Labels:  map[string]string{"z": "", "a": "x", "m": strings.Repeat("v", maxLabelValue), "é": "1"}},
-	}
+	specs := recordSpecs()
 	h := newHarness(t)
 	h.must(cmdNode(1, 128, 4<<20))
 	var en vmEncoder

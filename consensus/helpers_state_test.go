@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/blixard/blixard/proto/blixardpb"
@@ -112,4 +113,23 @@ func saveNoIndex(t testing.TB, s *State) []byte {
 	s.applied = 0
 	defer func() { s.applied = idx }()
 	return saveBytes(t, s)
+}
+
+// recordSpecs are specs with every optional part of a VM record absent,
+// typical, or present at its limits (the wire-format encoder and decoder
+// tests run them all).
+func recordSpecs() []*blixardpb.VmSpec {
+	return []*blixardpb.VmSpec{
+		{Name: "min", Vcpus: 1, MemoryMb: 64},
+		realisticSpec("real"),
+		{Name: "full", Tenant: "t-1", Hypervisor: "firecracker", Vcpus: 64, MemoryMb: MaxMemoryMB,
+			Flake: "github:acme/vms#web", KernelParams: []string{"a=1", "", "ü=2"},
+			Volumes: []*blixardpb.Volume{
+				{Name: "a", SizeMb: 1},
+				{Name: "b", Image: "/img/b.raw", MountPoint: "/b", ReadOnly: true, SizeMb: MaxVolumeMB},
+			},
+			Restart: &blixardpb.RestartPolicy{Mode: "never", MaxRestarts: MaxRestarts, WindowSeconds: MaxWindowSec},
+			NodeId:  1,
+			Labels:  map[string]string{"z": "", "a": "x", "m": strings.Repeat("v", maxLabelValue), "é": "1"}},
+	}
 }

@@ -51,12 +51,22 @@ func (d *vmRecordDecoder) intern(b []byte) (string, bool) {
 	return s, true
 }
 
-// str returns b as a string of its own (for values unique to a VM).
-func str(b []byte) (string, bool) {
+// internField reads r's next string field, interned; invalid UTF-8 fails r.
+func (d *vmRecordDecoder) internField(r *wireReader, typ protowire.Type) string {
+	s, ok := d.intern(r.bytesField(typ))
+	r.ok = r.ok && ok
+	return s
+}
+
+// ownField reads r's next string field as a string of its own (for values
+// unique to a VM); invalid UTF-8 fails r.
+func ownField(r *wireReader, typ protowire.Type) string {
+	b := r.bytesField(typ)
 	if !utf8.Valid(b) {
-		return "", false
+		r.ok = false
+		return ""
 	}
-	return string(b), true
+	return string(b)
 }
 
 // bytesField returns the next length-delimited value (aliasing r's input).
@@ -100,11 +110,9 @@ func (d *vmRecordDecoder) decode(b []byte) (rec *blixardpb.VmRecord, ok bool) {
 		case 7:
 			rec.Restarts = uint32(r.varint(typ))
 		case 8:
-			rec.Message, ok = d.intern(r.bytesField(typ))
-			r.ok = r.ok && ok
+			rec.Message = d.internField(&r, typ)
 		case 9:
-			rec.Ip, ok = str(r.bytesField(typ))
-			r.ok = r.ok && ok
+			rec.Ip = ownField(&r, typ)
 		case 10, 11:
 			// mac and tap are derived from ip and id; restoreVM ignores
 			// them, but proto.Unmarshal would reject invalid UTF-8.
@@ -129,7 +137,6 @@ func (d *vmRecordDecoder) decodeSpec(r *wireReader) bool {
 	d.params = d.params[:0]
 	clear(d.labels)
 	nvols := 0
-	var ok bool
 	for r.more() {
 		num, typ := r.tag()
 		if !r.ok {
@@ -137,32 +144,23 @@ func (d *vmRecordDecoder) decodeSpec(r *wireReader) bool {
 		}
 		switch num {
 		case 1:
-			sp.Name, ok = str(r.bytesField(typ))
-			r.ok = r.ok && ok
+			sp.Name = ownField(r, typ)
 		case 2:
-			sp.Tenant, ok = d.intern(r.bytesField(typ))
-			r.ok = r.ok && ok
+			sp.Tenant = d.internField(r, typ)
 		case 3:
-			sp.Hypervisor, ok = d.intern(r.bytesField(typ))
-			r.ok = r.ok && ok
+			sp.Hypervisor = d.internField(r, typ)
 		case 4:
 			sp.Vcpus = uint32(r.varint(typ))
 		case 5:
 			sp.MemoryMb = r.varint(typ)
 		case 6:
-			sp.Kernel, ok = d.intern(r.bytesField(typ))
-			r.ok = r.ok && ok
+			sp.Kernel = d.internField(r, typ)
 		case 7:
-			sp.Initrd, ok = d.intern(r.bytesField(typ))
-			r.ok = r.ok && ok
+			sp.Initrd = d.internField(r, typ)
 		case 8:
-			sp.Flake, ok = d.intern(r.bytesField(typ))
-			r.ok = r.ok && ok
+			sp.Flake = d.internField(r, typ)
 		case 9:
-			var p string
-			p, ok = d.intern(r.bytesField(typ))
-			r.ok = r.ok && ok
-			d.params = append(d.params, p)
+			d.params = append(d.params, d.internField(r, typ))
 		case 10:
 			sub := r.sub(typ)
 			if !r.ok {
@@ -181,16 +179,13 @@ func (d *vmRecordDecoder) decodeSpec(r *wireReader) bool {
 				}
 				switch num {
 				case 1:
-					vol.Name, ok = d.intern(sub.bytesField(typ))
-					sub.ok = sub.ok && ok
+					vol.Name = d.internField(&sub, typ)
 				case 2:
-					vol.Image, ok = d.intern(sub.bytesField(typ))
-					sub.ok = sub.ok && ok
+					vol.Image = d.internField(&sub, typ)
 				case 3:
 					vol.SizeMb = sub.varint(typ)
 				case 4:
-					vol.MountPoint, ok = d.intern(sub.bytesField(typ))
-					sub.ok = sub.ok && ok
+					vol.MountPoint = d.internField(&sub, typ)
 				case 5:
 					vol.ReadOnly = sub.varint(typ) != 0
 				default:
@@ -215,8 +210,7 @@ func (d *vmRecordDecoder) decodeSpec(r *wireReader) bool {
 				}
 				switch num {
 				case 1:
-					rp.Mode, ok = d.intern(sub.bytesField(typ))
-					sub.ok = sub.ok && ok
+					rp.Mode = d.internField(&sub, typ)
 				case 2:
 					rp.MaxRestarts = uint32(sub.varint(typ))
 				case 3:
@@ -242,11 +236,9 @@ func (d *vmRecordDecoder) decodeSpec(r *wireReader) bool {
 				}
 				switch num {
 				case 1:
-					k, ok = d.intern(sub.bytesField(typ))
-					sub.ok = sub.ok && ok
+					k = d.internField(&sub, typ)
 				case 2:
-					v, ok = d.intern(sub.bytesField(typ))
-					sub.ok = sub.ok && ok
+					v = d.internField(&sub, typ)
 				default:
 					return false
 				}

@@ -73,19 +73,7 @@ func vmRecords(t testing.TB, r *rand.Rand) [][]byte {
 	}
 	h := &harness{s: NewState()}
 	h.s.Apply(1, cmdNode(1, 128, 4<<20))
-	for i, sp := range []*blixardpb.VmSpec{
-		{Name: "min", Vcpus: 1, MemoryMb: 64},
-		realisticSpec("real"),
-		{Name: "full", Tenant: "t-1", Hypervisor: "firecracker", Vcpus: 64, MemoryMb: MaxMemoryMB,
-			Flake: "github:acme/vms#web", KernelParams: []string{"a=1", "", "ü=2"},
-			Volumes: []*blixardpb.Volume{
-				{Name: "a", SizeMb: 1},
-				{Name: "b", Image: "/img/b.raw", MountPoint: "/b", ReadOnly: true, SizeMb: MaxVolumeMB},
-			},
-			Restart: &blixardpb.RestartPolicy{Mode: "never", MaxRestarts: MaxRestarts, WindowSeconds: MaxWindowSec},
-			NodeId:  1,
-			Labels:  map[string]string{"z": "", "a": "x", "é": "1"}},
-	} {
+	for i, sp := range recordSpecs() {
 		c := cmdCreate(sp)
 		c.TimeUnixMs = -int64(i) * 1000
 		h.s.Apply(uint64(i+2), c)

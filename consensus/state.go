@@ -118,6 +118,17 @@ func (n *node) freeMemMB() uint64 {
 	return n.memoryMB - n.usedMemMB
 }
 
+// take and release count v's vcpus and memory as used on n, or free.
+func (n *node) take(v *vm) {
+	n.usedVcpus += uint64(v.spec.vcpus)
+	n.usedMemMB += v.spec.memoryMB
+}
+
+func (n *node) release(v *vm) {
+	n.usedVcpus -= uint64(v.spec.vcpus)
+	n.usedMemMB -= v.spec.memoryMB
+}
+
 func (n *node) fits(vcpus uint32, memMB uint64) bool {
 	return n.freeVcpus() >= uint64(vcpus) && n.freeMemMB() >= memMB
 }
