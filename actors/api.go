@@ -202,41 +202,25 @@ func apiInvalid(format string, args ...any) *apiError {
 // that are not API requests).
 func (a *apiActor) serve(ctx context.Context, system *actor.ActorSystem, msg proto.Message) proto.Message {
 	switch m := msg.(type) {
-	case *blixardpb.CreateVmRequest:
-		if e := apiCheckCreate(m); e != nil {
+	case *blixardpb.CreateVmRequest, *blixardpb.StartVmRequest, *blixardpb.StopVmRequest,
+		*blixardpb.DeleteVmRequest, *blixardpb.MigrateVmRequest:
+		cmd, e := apiVMWrite(m)
+		if e != nil {
 			return &blixardpb.VmResponse{Error: e}
 		}
-		res, e := a.propose(ctx, m.GetRequestId(), &blixardpb.Command{Op: &blixardpb.Command_CreateVm{CreateVm: &blixardpb.CreateVm{Spec: m.GetSpec(), NoStart: m.GetNoStart()}}})
+		res, e := a.propose(ctx, cmd)
 		return apiVMResponse(res, e)
-	case *blixardpb.StartVmRequest:
-		if e := apiCheckVMName(m.GetName()); e != nil {
-			return &blixardpb.VmResponse{Error: e}
-		}
-		res, e := a.propose(ctx, m.GetRequestId(), &blixardpb.Command{Op: &blixardpb.Command_StartVm{StartVm: &blixardpb.StartVm{Name: m.GetName()}}})
-		return apiVMResponse(res, e)
-	case *blixardpb.StopVmRequest:
-		if e := apiCheckVMName(m.GetName()); e != nil {
-			return &blixardpb.VmResponse{Error: e}
-		}
-		res, e := a.propose(ctx, m.GetRequestId(), &blixardpb.Command{Op: &blixardpb.Command_StopVm{StopVm: &blixardpb.StopVm{Name: m.GetName()}}})
-		return apiVMResponse(res, e)
-	case *blixardpb.DeleteVmRequest:
-		if e := apiCheckVMName(m.GetName()); e != nil {
-			return &blixardpb.VmResponse{Error: e}
-		}
-		res, e := a.propose(ctx, m.GetRequestId(), &blixardpb.Command{Op: &blixardpb.Command_DeleteVm{DeleteVm: &blixardpb.DeleteVm{Name: m.GetName()}}})
-		return apiVMResponse(res, e)
-	case *blixardpb.MigrateVmRequest:
-		if e := apiCheckVMName(m.GetName()); e != nil {
-			return &blixardpb.VmResponse{Error: e}
-		}
-		res, e := a.propose(ctx, m.GetRequestId(), &blixardpb.Command{Op: &blixardpb.Command_MigrateVm{MigrateVm: &blixardpb.MigrateVm{Name: m.GetName(), TargetNodeId: m.GetTargetNodeId()}}})
-		return apiVMResponse(res, e)
+	case *blixardpb.VmWriteBatchRequest:
+		return a.writeBatch(ctx, m)
 	case *blixardpb.SetNodeSchedulableRequest:
 		if m.GetNodeId() == 0 {
 			return &blixardpb.NodeResponse{Error: apiInvalid("node id is required")}
 		}
-		res, e := a.propose(ctx, m.GetRequestId(), &blixardpb.Command{Op: &blixardpb.Command_SetNodeSchedulable{SetNodeSchedulable: &blixardpb.SetNodeSchedulable{NodeId: m.GetNodeId(), Schedulable: m.GetSchedulable()}}})
+		cmd, e := apiCommand(m.GetRequestId(), &blixardpb.Command{Op: &blixardpb.Command_SetNodeSchedulable{SetNodeSchedulable: &blixardpb.SetNodeSchedulable{NodeId: m.GetNodeId(), Schedulable: m.GetSchedulable()}}})
+		if e != nil {
+			return &blixardpb.NodeResponse{Error: e}
+		}
+		res, e := a.propose(ctx, cmd)
 		if e != nil {
 			return &blixardpb.NodeResponse{Error: e}
 		}
@@ -273,6 +257,8 @@ func apiErrorResponse(req proto.Message, e *apiError) proto.Message {
 	case *blixardpb.CreateVmRequest, *blixardpb.StartVmRequest, *blixardpb.StopVmRequest, *blixardpb.DeleteVmRequest,
 		*blixardpb.MigrateVmRequest, *blixardpb.GetVmRequest, *blixardpb.WatchVmRequest:
 		return &blixardpb.VmResponse{Error: e}
+	case *blixardpb.VmWriteBatchRequest:
+		return &blixardpb.VmWriteBatchResponse{Error: e}
 	case *blixardpb.ListVmsRequest:
 		return &blixardpb.ListVmsResponse{Error: e}
 	case *blixardpb.VmLogsRequest:
@@ -294,9 +280,40 @@ func apiVMResponse(res *blixardpb.Result, e *apiError) *blixardpb.VmResponse {
 	return &blixardpb.VmResponse{Error: res.GetError(), Vm: res.GetVm()}
 }
 
-// propose commits cmd with the request id and maps an unknown outcome to
-// UNAVAILABLE (the client retries with the same id).
-func (a *apiActor) propose(ctx context.Context, requestID string, cmd *blixardpb.Command) (*blixardpb.Result, *apiError) {
+// apiVMWrite turns a VM write request into its command, or into the
+// error that refuses it before it costs a log entry.
+func apiVMWrite(msg proto.Message) (*blixardpb.Command, *apiError) {
+	var rid, name string
+	var cmd blixardpb.Command
+	switch m := msg.(type) {
+	case *blixardpb.CreateVmRequest:
+		if e := apiCheckCreate(m); e != nil {
+			return nil, e
+		}
+		return apiCommand(m.GetRequestId(), &blixardpb.Command{Op: &blixardpb.Command_CreateVm{CreateVm: &blixardpb.CreateVm{Spec: m.GetSpec(), NoStart: m.GetNoStart()}}})
+	case *blixardpb.StartVmRequest:
+		rid, name = m.GetRequestId(), m.GetName()
+		cmd.Op = &blixardpb.Command_StartVm{StartVm: &blixardpb.StartVm{Name: name}}
+	case *blixardpb.StopVmRequest:
+		rid, name = m.GetRequestId(), m.GetName()
+		cmd.Op = &blixardpb.Command_StopVm{StopVm: &blixardpb.StopVm{Name: name}}
+	case *blixardpb.DeleteVmRequest:
+		rid, name = m.GetRequestId(), m.GetName()
+		cmd.Op = &blixardpb.Command_DeleteVm{DeleteVm: &blixardpb.DeleteVm{Name: name}}
+	case *blixardpb.MigrateVmRequest:
+		rid, name = m.GetRequestId(), m.GetName()
+		cmd.Op = &blixardpb.Command_MigrateVm{MigrateVm: &blixardpb.MigrateVm{Name: name, TargetNodeId: m.GetTargetNodeId()}}
+	default:
+		return nil, apiInvalid("a batch write holds no vm write request")
+	}
+	if e := apiCheckVMName(name); e != nil {
+		return nil, e
+	}
+	return apiCommand(rid, &cmd)
+}
+
+// apiCommand checks a write's request id and sets it on cmd.
+func apiCommand(requestID string, cmd *blixardpb.Command) (*blixardpb.Command, *apiError) {
 	if requestID == "" {
 		return nil, apiInvalid("request id is required (clients generate one per request and reuse it on retry)")
 	}
@@ -304,6 +321,75 @@ func (a *apiActor) propose(ctx context.Context, requestID string, cmd *blixardpb
 		return nil, apiInvalid("request id is longer than %d bytes", consensus.MaxRequestID)
 	}
 	cmd.RequestId = requestID
+	return cmd, nil
+}
+
+// writeBatch serves a VmWriteBatchRequest: the writes that pass the
+// checks are proposed together in one Raft entry, and every write gets
+// its own response, in order.
+func (a *apiActor) writeBatch(ctx context.Context, m *blixardpb.VmWriteBatchRequest) *blixardpb.VmWriteBatchResponse {
+	ws := m.GetWrites()
+	if len(ws) > consensus.MaxBatch {
+		return &blixardpb.VmWriteBatchResponse{Error: apiInvalid("a batch holds at most %d writes, not %d", consensus.MaxBatch, len(ws))}
+	}
+	out := make([]*blixardpb.VmResponse, len(ws))
+	cmds := make([]*blixardpb.Command, 0, len(ws))
+	at := make([]int, 0, len(ws))
+	for i, w := range ws {
+		var req proto.Message
+		switch op := w.GetOp().(type) {
+		case *blixardpb.VmWrite_Create:
+			req = op.Create
+		case *blixardpb.VmWrite_Start:
+			req = op.Start
+		case *blixardpb.VmWrite_Stop:
+			req = op.Stop
+		case *blixardpb.VmWrite_Delete:
+			req = op.Delete
+		case *blixardpb.VmWrite_Migrate:
+			req = op.Migrate
+		}
+		cmd, e := apiVMWrite(req)
+		if e != nil {
+			out[i] = &blixardpb.VmResponse{Error: e}
+			continue
+		}
+		cmds = append(cmds, cmd)
+		at = append(at, i)
+	}
+	if len(cmds) > 0 {
+		res, e := a.commit(ctx, cmds, true)
+		for j, i := range at {
+			if e != nil {
+				out[i] = &blixardpb.VmResponse{Error: e}
+			} else {
+				out[i] = apiVMResponse(res[j], nil)
+			}
+		}
+	}
+	return &blixardpb.VmWriteBatchResponse{Responses: out}
+}
+
+// propose commits one command and maps an unknown outcome to UNAVAILABLE
+// (the client retries with the same request id).
+func (a *apiActor) propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, *apiError) {
+	res, e := a.commit(ctx, []*blixardpb.Command{cmd}, false)
+	if e != nil {
+		return nil, e
+	}
+	return res[0], nil
+}
+
+// commit commits cmds, as one Batch entry when batch is set and as a
+// plain entry otherwise (one command), and returns their results in order.
+func (a *apiActor) commit(ctx context.Context, cmds []*blixardpb.Command, batch bool) ([]*blixardpb.Result, *apiError) {
+	run := func(ctx context.Context) ([]*blixardpb.Result, error) {
+		if batch {
+			return a.cfg.Replica.ProposeBatch(ctx, cmds)
+		}
+		res, err := a.cfg.Replica.Propose(ctx, cmds[0])
+		return []*blixardpb.Result{res}, err
+	}
 	if simbug.On(simbug.AckBeforeCommit) {
 		// Planted bug: answer success now, commit (maybe) later.
 		a.wg.Add(1)
@@ -311,18 +397,24 @@ func (a *apiActor) propose(ctx context.Context, requestID string, cmd *blixardpb
 			defer a.wg.Done()
 			pctx, cancel := context.WithTimeout(ctx, a.cfg.ProposeTimeout)
 			defer cancel()
-			_, _ = a.cfg.Replica.Propose(pctx, cmd)
+			_, _ = run(pctx)
 		}()
-		return &blixardpb.Result{}, nil
+		res := make([]*blixardpb.Result, len(cmds))
+		for i := range res {
+			res[i] = &blixardpb.Result{}
+		}
+		return res, nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, a.cfg.ProposeTimeout)
 	defer cancel()
-	res, err := a.cfg.Replica.Propose(pctx, cmd)
+	res, err := run(pctx)
 	if err != nil {
 		return nil, a.unavailableErr(ctx, err)
 	}
-	if res == nil {
-		return nil, &apiError{Code: blixardpb.Code_INTERNAL, Message: "proposal returned no result"}
+	for _, r := range res {
+		if r == nil {
+			return nil, &apiError{Code: blixardpb.Code_INTERNAL, Message: "proposal returned no result"}
+		}
 	}
 	return res, nil
 }

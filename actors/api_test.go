@@ -387,3 +387,55 @@ func TestAPIStopAnswersInFlight(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIWriteBatch: a batch's writes are answered in order, each with
+// its own result or refusal; the ones that pass the checks are committed
+// in one entry; a retried batch changes nothing; an oversized batch is
+// refused whole.
+func TestAPIWriteBatch(t *testing.T) {
+	e := newAPIEnv(t, actors.APIConfig{})
+	before := e.local.Index()
+	create := func(rid, name string) *blixardpb.VmWrite {
+		return &blixardpb.VmWrite{Op: &blixardpb.VmWrite_Create{Create: &blixardpb.CreateVmRequest{
+			RequestId: rid, Spec: &blixardpb.VmSpec{Name: name, Vcpus: 1, MemoryMb: 128}}}}
+	}
+	req := &blixardpb.VmWriteBatchRequest{Writes: []*blixardpb.VmWrite{
+		create("b1", "alpha"),
+		create("b2", "Not A Name"),
+		{Op: &blixardpb.VmWrite_Delete{Delete: &blixardpb.DeleteVmRequest{RequestId: "b3", Name: "missing"}}},
+		{Op: &blixardpb.VmWrite_Stop{Stop: &blixardpb.StopVmRequest{RequestId: "b4", Name: "alpha"}}},
+		{},
+		{Op: &blixardpb.VmWrite_Start{Start: &blixardpb.StartVmRequest{Name: "alpha"}}},
+	}}
+	res := e.ask(req).(*blixardpb.VmWriteBatchResponse)
+	want := []blixardpb.Code{blixardpb.Code_OK, blixardpb.Code_INVALID_ARGUMENT, blixardpb.Code_NOT_FOUND,
+		blixardpb.Code_OK, blixardpb.Code_INVALID_ARGUMENT, blixardpb.Code_INVALID_ARGUMENT}
+	if res.GetError() != nil || len(res.GetResponses()) != len(want) {
+		t.Fatalf("batch response %v, want %d responses", res, len(want))
+	}
+	for i, w := range want {
+		if got := res.GetResponses()[i].GetError().GetCode(); got != w {
+			t.Errorf("write %d: %v (%s), want %v", i, got, res.GetResponses()[i].GetError().GetMessage(), w)
+		}
+	}
+	if vm := res.GetResponses()[3].GetVm(); vm.GetDesired() != blixardpb.DesiredState_DESIRED_STOPPED {
+		t.Errorf("stop after create in the same batch: %v, want desired stopped", vm)
+	}
+	if got := e.local.Index(); got != before+1 {
+		t.Errorf("the batch took %d entries, want 1", got-before)
+	}
+	again := e.ask(req).(*blixardpb.VmWriteBatchResponse)
+	if !proto.Equal(again.GetResponses()[0], res.GetResponses()[0]) || !proto.Equal(again.GetResponses()[3], res.GetResponses()[3]) {
+		t.Errorf("retried batch: %v, want the first results %v", again, res)
+	}
+	big := &blixardpb.VmWriteBatchRequest{}
+	for i := 0; i <= consensus.MaxBatch; i++ {
+		big.Writes = append(big.Writes, create(fmt.Sprintf("big-%d", i), fmt.Sprintf("big-%d", i)))
+	}
+	if r := e.ask(big).(*blixardpb.VmWriteBatchResponse); r.GetError().GetCode() != blixardpb.Code_INVALID_ARGUMENT || len(r.GetResponses()) != 0 {
+		t.Fatalf("oversized batch: %v, want INVALID_ARGUMENT and no responses", r.GetError())
+	}
+	if g := e.ask(&blixardpb.GetVmRequest{Name: "big-0"}).(*blixardpb.VmResponse); g.GetError().GetCode() != blixardpb.Code_NOT_FOUND {
+		t.Fatalf("an oversized batch created a vm: %v", g)
+	}
+}

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
@@ -23,6 +24,11 @@ type gateReplica struct {
 }
 
 func newGateReplica() *gateReplica { return &gateReplica{release: make(chan error)} }
+
+// ProposeBatch is never called: the reporter proposes one report at a time.
+func (g *gateReplica) ProposeBatch(context.Context, []*blixardpb.Command) ([]*blixardpb.Result, error) {
+	return nil, errors.New("gateReplica: unexpected batch")
+}
 
 func (g *gateReplica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, error) {
 	g.mu.Lock()

@@ -90,6 +90,17 @@ func (r countingReplica) Propose(ctx context.Context, cmd *blixardpb.Command) (*
 	return r.r.Propose(ctx, cmd)
 }
 
+func (r countingReplica) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) ([]*blixardpb.Result, error) {
+	for _, c := range cmds {
+		if rep := c.GetReportVmStatus(); rep != nil {
+			r.c.mu.Lock()
+			r.c.proposals[rep.GetName()]++
+			r.c.mu.Unlock()
+		}
+	}
+	return r.r.ProposeBatch(ctx, cmds)
+}
+
 func (r countingReplica) Read(ctx context.Context, stale bool, fn func(*consensus.State)) error {
 	return r.r.Read(ctx, stale, fn)
 }

@@ -31,14 +31,18 @@ func (s *State) ApplyBytes(idx uint64, data []byte) (*blixardpb.Result, []Effect
 	return out.result(), effects
 }
 
-// effectFilter selects the effects apply builds. Effects are not part of
-// the state, so the filter changes nothing but the returned effects.
+// effectFilter selects what apply builds besides the state change: the
+// effects, and the results of a batch's commands. Neither is part of the
+// state, so the filter changes nothing but what apply returns.
 type effectFilter struct {
 	none bool   // build no effects at all
 	node uint64 // when non-zero: only the effects that concern this node
+	// results asks for the Results of a batch's commands (the proposer
+	// needs them); without it a batch's outcome carries none.
+	results bool
 }
 
-var allEffects = effectFilter{}
+var allEffects = effectFilter{results: true}
 
 // wants reports whether the effect of a VM now on node at, previously on
 // prev (0: not moved), passes the filter; it mirrors Effect.Concerns.
@@ -55,6 +59,9 @@ func (s *State) apply(idx uint64, cmd *blixardpb.Command, fx effectFilter) (outc
 	s.applied = idx
 	if cmd == nil {
 		return outcome{err: invalid("empty command")}, nil
+	}
+	if b, ok := cmd.GetOp().(*blixardpb.Command_Batch); ok {
+		return s.applyBatch(idx, cmd, b.Batch, fx)
 	}
 	rid := cmd.GetRequestId()
 	if rid != "" {
@@ -82,6 +89,35 @@ func (s *State) apply(idx uint64, cmd *blixardpb.Command, fx effectFilter) (outc
 	return out, a.effects
 }
 
+// applyBatch applies a batch's commands in order, each exactly as an entry
+// of its own at idx would be. A command's Result is materialised before
+// the next one applies (an outcome points into the state, which the next
+// command may change), and only when fx asks for results.
+func (s *State) applyBatch(idx uint64, cmd *blixardpb.Command, b *blixardpb.Batch, fx effectFilter) (outcome, []Effect) {
+	if cmd.GetRequestId() != "" {
+		return outcome{err: invalid("a batch carries no request id of its own (its commands do)")}, nil
+	}
+	var out outcome
+	if fx.results {
+		out.batch = make([]*blixardpb.Result, 0, len(b.GetCommands()))
+	}
+	var effects []Effect
+	for _, c := range b.GetCommands() {
+		var o outcome
+		var e []Effect
+		if _, nested := c.GetOp().(*blixardpb.Command_Batch); nested {
+			o = outcome{err: invalid("batches do not nest")}
+		} else {
+			o, e = s.apply(idx, c, fx)
+		}
+		effects = append(effects, e...)
+		if fx.results {
+			out.batch = append(out.batch, o.result())
+		}
+	}
+	return out, effects
+}
+
 // applyBytes is ApplyBytes returning the compact outcome.
 func (s *State) applyBytes(idx uint64, data []byte, fx effectFilter) (outcome, []Effect) {
 	cmd, err := decodeCommand(data)
@@ -97,13 +133,15 @@ func (s *State) applyBytes(idx uint64, data []byte, fx effectFilter) (outcome, [
 // (or neither). vm and node point into the state (valid until the next
 // apply: materialise the Result before that) or into a request-table
 // entry's copy. res is a Result restored from a snapshot's request table.
+// batch holds a batch's results (see applyBatch).
 // Building the proto Result only where a caller needs it (the proposing
 // replica) keeps record copies off the other replicas' apply path.
 type outcome struct {
-	err  *cmdErr
-	vm   *vm
-	node *node
-	res  *blixardpb.Result
+	err   *cmdErr
+	vm    *vm
+	node  *node
+	res   *blixardpb.Result
+	batch []*blixardpb.Result
 }
 
 func vmOutcome(v *vm) outcome     { return outcome{vm: v} }
@@ -134,6 +172,7 @@ func (o outcome) result() *blixardpb.Result {
 	}{}
 	r := &blk.res
 	r.Error = &blk.err // code OK
+	r.Batch = o.batch
 	if o.vm != nil {
 		r.Vm = o.vm.record()
 	}
@@ -147,7 +186,7 @@ func (o outcome) result() *blixardpb.Result {
 // encoded straight from the domain struct by en; the bytes are those of
 // marshalling result() deterministically.
 func (o outcome) marshal(b []byte, en *vmEncoder) ([]byte, error) {
-	if o.err != nil || o.res != nil || o.vm == nil || o.node != nil {
+	if o.err != nil || o.res != nil || o.vm == nil || o.node != nil || o.batch != nil {
 		return proto.MarshalOptions{}.MarshalAppend(b, o.result())
 	}
 	return en.appendResult(b, o.vm), nil

@@ -93,11 +93,12 @@ func (m *raftSM) Update(e sm.Entry) (sm.Result, error) {
 	proposer, cmd := decodeEntry(e.Cmd)
 	// Apply builds only the effects this replica forwards: those that
 	// concern its node, and none without a hook.
-	fx := effectFilter{none: m.onEffects == nil, node: m.replicaID}
+	wantResult := proposer == 0 || proposer == m.replicaID
+	fx := effectFilter{none: m.onEffects == nil, node: m.replicaID, results: wantResult}
 	out, effects := m.state.applyBytes(e.Index, cmd, fx)
 	m.applied.Store(e.Index)
 	var data []byte
-	if proposer == 0 || proposer == m.replicaID {
+	if wantResult {
 		var err error
 		if data, err = out.marshal(nil, &m.enc); err != nil {
 			// A Result that cannot be marshalled is a broken invariant
@@ -425,6 +426,12 @@ func decodeCommand(data []byte) (*blixardpb.Command, error) {
 
 func decodeVMCommand(data []byte) (*blixardpb.Command, bool) {
 	r := wireReader{str: string(data), b: data, ok: true}
+	return decodeVMCommandFrom(&r)
+}
+
+// decodeVMCommandFrom decodes the fast path's commands, and a batch of
+// them, from r.
+func decodeVMCommandFrom(r *wireReader) (*blixardpb.Command, bool) {
 	c := &blixardpb.Command{}
 	name := func(typ protowire.Type) string {
 		sub := r.sub(typ)
@@ -477,6 +484,26 @@ func decodeVMCommand(data []byte) (*blixardpb.Command, bool) {
 			c.Op = &blixardpb.Command_StopVm{StopVm: &blixardpb.StopVm{Name: name(typ)}}
 		case 13:
 			c.Op = &blixardpb.Command_DeleteVm{DeleteVm: &blixardpb.DeleteVm{Name: name(typ)}}
+		case 22:
+			sub := r.sub(typ)
+			op := &blixardpb.Batch{}
+			for sub.more() {
+				num, typ := sub.tag()
+				if num != 1 {
+					return nil, false
+				}
+				in := sub.sub(typ)
+				if !sub.ok {
+					return nil, false
+				}
+				ic, ok := decodeVMCommandFrom(&in)
+				if !ok {
+					return nil, false
+				}
+				op.Commands = append(op.Commands, ic)
+			}
+			r.ok = r.ok && sub.ok
+			c.Op = &blixardpb.Command_Batch{Batch: op}
 		default:
 			return nil, false
 		}

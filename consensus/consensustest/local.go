@@ -7,6 +7,7 @@ package consensustest
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
@@ -76,6 +77,19 @@ func (l *Local) SetUnavailable(down bool) {
 	l.mu.Unlock()
 }
 
+// ProposeBatch applies cmds as one Batch entry (copies of them, times
+// filled in as Propose does) and returns their results in order.
+func (l *Local) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) ([]*blixardpb.Result, error) {
+	res, err := l.Propose(ctx, &blixardpb.Command{Op: &blixardpb.Command_Batch{Batch: &blixardpb.Batch{Commands: cmds}}})
+	if err != nil {
+		return nil, err
+	}
+	if res.GetError().GetCode() != blixardpb.Code_OK {
+		return nil, fmt.Errorf("batch refused: %s", res.GetError().GetMessage())
+	}
+	return res.GetBatch(), nil
+}
+
 // Propose applies cmd (a copy of it, with time_unix_ms filled in from the
 // clock when zero) and returns its result. It fails with the context's
 // error when ctx is done and with consensus.ErrUnavailable when the Local
@@ -90,8 +104,14 @@ func (l *Local) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb
 		l.mu.Unlock()
 		return nil, consensus.ErrUnavailable
 	}
+	now := l.clock()
 	if c.GetTimeUnixMs() == 0 {
-		c.TimeUnixMs = l.clock()
+		c.TimeUnixMs = now
+	}
+	for _, in := range c.GetBatch().GetCommands() {
+		if in.GetTimeUnixMs() == 0 {
+			in.TimeUnixMs = now
+		}
 	}
 	l.index++
 	res, effects := l.state.Apply(l.index, c)

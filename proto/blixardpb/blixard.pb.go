@@ -979,6 +979,7 @@ type Command struct {
 	//	*Command_SetNodeSchedulable
 	//	*Command_RemoveNode
 	//	*Command_NodeHeartbeat
+	//	*Command_Batch
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1143,6 +1144,15 @@ func (x *Command) GetNodeHeartbeat() *NodeHeartbeat {
 	return nil
 }
 
+func (x *Command) GetBatch() *Batch {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1195,6 +1205,10 @@ type Command_NodeHeartbeat struct {
 	NodeHeartbeat *NodeHeartbeat `protobuf:"bytes,21,opt,name=node_heartbeat,json=nodeHeartbeat,proto3,oneof"`
 }
 
+type Command_Batch struct {
+	Batch *Batch `protobuf:"bytes,22,opt,name=batch,proto3,oneof"`
+}
+
 func (*Command_CreateVm) isCommand_Op() {}
 
 func (*Command_StartVm) isCommand_Op() {}
@@ -1219,6 +1233,57 @@ func (*Command_RemoveNode) isCommand_Op() {}
 
 func (*Command_NodeHeartbeat) isCommand_Op() {}
 
+func (*Command_Batch) isCommand_Op() {}
+
+// Batch is a group commit: commands proposed together in one Raft entry.
+// Each is applied in order exactly as an entry of its own at this index
+// would be (its request id, its time, its effects), and one that fails
+// changes nothing for the others. The Batch command itself carries no
+// request id and batches do not nest. Replica.ProposeBatch builds them.
+type Batch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commands      []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Batch) Reset() {
+	*x = Batch{}
+	mi := &file_blixard_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Batch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Batch) ProtoMessage() {}
+
+func (x *Batch) ProtoReflect() protoreflect.Message {
+	mi := &file_blixard_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Batch.ProtoReflect.Descriptor instead.
+func (*Batch) Descriptor() ([]byte, []int) {
+	return file_blixard_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Batch) GetCommands() []*Command {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
+
 type CreateVm struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Spec  *VmSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -1230,7 +1295,7 @@ type CreateVm struct {
 
 func (x *CreateVm) Reset() {
 	*x = CreateVm{}
-	mi := &file_blixard_proto_msgTypes[8]
+	mi := &file_blixard_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1307,7 @@ func (x *CreateVm) String() string {
 func (*CreateVm) ProtoMessage() {}
 
 func (x *CreateVm) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[8]
+	mi := &file_blixard_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1320,7 @@ func (x *CreateVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVm.ProtoReflect.Descriptor instead.
 func (*CreateVm) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{8}
+	return file_blixard_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateVm) GetSpec() *VmSpec {
@@ -1281,7 +1346,7 @@ type StartVm struct {
 
 func (x *StartVm) Reset() {
 	*x = StartVm{}
-	mi := &file_blixard_proto_msgTypes[9]
+	mi := &file_blixard_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1358,7 @@ func (x *StartVm) String() string {
 func (*StartVm) ProtoMessage() {}
 
 func (x *StartVm) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[9]
+	mi := &file_blixard_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1371,7 @@ func (x *StartVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVm.ProtoReflect.Descriptor instead.
 func (*StartVm) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{9}
+	return file_blixard_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartVm) GetName() string {
@@ -1325,7 +1390,7 @@ type StopVm struct {
 
 func (x *StopVm) Reset() {
 	*x = StopVm{}
-	mi := &file_blixard_proto_msgTypes[10]
+	mi := &file_blixard_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1402,7 @@ func (x *StopVm) String() string {
 func (*StopVm) ProtoMessage() {}
 
 func (x *StopVm) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[10]
+	mi := &file_blixard_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1415,7 @@ func (x *StopVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopVm.ProtoReflect.Descriptor instead.
 func (*StopVm) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{10}
+	return file_blixard_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StopVm) GetName() string {
@@ -1369,7 +1434,7 @@ type DeleteVm struct {
 
 func (x *DeleteVm) Reset() {
 	*x = DeleteVm{}
-	mi := &file_blixard_proto_msgTypes[11]
+	mi := &file_blixard_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1446,7 @@ func (x *DeleteVm) String() string {
 func (*DeleteVm) ProtoMessage() {}
 
 func (x *DeleteVm) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[11]
+	mi := &file_blixard_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1459,7 @@ func (x *DeleteVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVm.ProtoReflect.Descriptor instead.
 func (*DeleteVm) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{11}
+	return file_blixard_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteVm) GetName() string {
@@ -1419,7 +1484,7 @@ type ReportVmStatus struct {
 
 func (x *ReportVmStatus) Reset() {
 	*x = ReportVmStatus{}
-	mi := &file_blixard_proto_msgTypes[12]
+	mi := &file_blixard_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1496,7 @@ func (x *ReportVmStatus) String() string {
 func (*ReportVmStatus) ProtoMessage() {}
 
 func (x *ReportVmStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[12]
+	mi := &file_blixard_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1509,7 @@ func (x *ReportVmStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVmStatus.ProtoReflect.Descriptor instead.
 func (*ReportVmStatus) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{12}
+	return file_blixard_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReportVmStatus) GetName() string {
@@ -1505,7 +1570,7 @@ type UpsertNode struct {
 
 func (x *UpsertNode) Reset() {
 	*x = UpsertNode{}
-	mi := &file_blixard_proto_msgTypes[13]
+	mi := &file_blixard_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1582,7 @@ func (x *UpsertNode) String() string {
 func (*UpsertNode) ProtoMessage() {}
 
 func (x *UpsertNode) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[13]
+	mi := &file_blixard_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1595,7 @@ func (x *UpsertNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertNode.ProtoReflect.Descriptor instead.
 func (*UpsertNode) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{13}
+	return file_blixard_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpsertNode) GetNode() *NodeRecord {
@@ -1556,7 +1621,7 @@ type SetNodeStatus struct {
 
 func (x *SetNodeStatus) Reset() {
 	*x = SetNodeStatus{}
-	mi := &file_blixard_proto_msgTypes[14]
+	mi := &file_blixard_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1633,7 @@ func (x *SetNodeStatus) String() string {
 func (*SetNodeStatus) ProtoMessage() {}
 
 func (x *SetNodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[14]
+	mi := &file_blixard_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1646,7 @@ func (x *SetNodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStatus.ProtoReflect.Descriptor instead.
 func (*SetNodeStatus) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{14}
+	return file_blixard_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetNodeStatus) GetNodeId() uint64 {
@@ -1618,7 +1683,7 @@ type NodeHeartbeat struct {
 
 func (x *NodeHeartbeat) Reset() {
 	*x = NodeHeartbeat{}
-	mi := &file_blixard_proto_msgTypes[15]
+	mi := &file_blixard_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1695,7 @@ func (x *NodeHeartbeat) String() string {
 func (*NodeHeartbeat) ProtoMessage() {}
 
 func (x *NodeHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[15]
+	mi := &file_blixard_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +1708,7 @@ func (x *NodeHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeat.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeat) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{15}
+	return file_blixard_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NodeHeartbeat) GetNodeId() uint64 {
@@ -1663,7 +1728,7 @@ type SetNodeSchedulable struct {
 
 func (x *SetNodeSchedulable) Reset() {
 	*x = SetNodeSchedulable{}
-	mi := &file_blixard_proto_msgTypes[16]
+	mi := &file_blixard_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1740,7 @@ func (x *SetNodeSchedulable) String() string {
 func (*SetNodeSchedulable) ProtoMessage() {}
 
 func (x *SetNodeSchedulable) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[16]
+	mi := &file_blixard_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1753,7 @@ func (x *SetNodeSchedulable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeSchedulable.ProtoReflect.Descriptor instead.
 func (*SetNodeSchedulable) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{16}
+	return file_blixard_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetNodeSchedulable) GetNodeId() uint64 {
@@ -1714,7 +1779,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_blixard_proto_msgTypes[17]
+	mi := &file_blixard_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1791,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[17]
+	mi := &file_blixard_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1804,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{17}
+	return file_blixard_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveNode) GetNodeId() uint64 {
@@ -1760,7 +1825,7 @@ type MigrateVm struct {
 
 func (x *MigrateVm) Reset() {
 	*x = MigrateVm{}
-	mi := &file_blixard_proto_msgTypes[18]
+	mi := &file_blixard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +1837,7 @@ func (x *MigrateVm) String() string {
 func (*MigrateVm) ProtoMessage() {}
 
 func (x *MigrateVm) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[18]
+	mi := &file_blixard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +1850,7 @@ func (x *MigrateVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateVm.ProtoReflect.Descriptor instead.
 func (*MigrateVm) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{18}
+	return file_blixard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MigrateVm) GetName() string {
@@ -1813,7 +1878,7 @@ type InitCluster struct {
 
 func (x *InitCluster) Reset() {
 	*x = InitCluster{}
-	mi := &file_blixard_proto_msgTypes[19]
+	mi := &file_blixard_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1825,7 +1890,7 @@ func (x *InitCluster) String() string {
 func (*InitCluster) ProtoMessage() {}
 
 func (x *InitCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[19]
+	mi := &file_blixard_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1838,7 +1903,7 @@ func (x *InitCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitCluster.ProtoReflect.Descriptor instead.
 func (*InitCluster) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{19}
+	return file_blixard_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InitCluster) GetConfig() *ClusterConfig {
@@ -1850,17 +1915,19 @@ func (x *InitCluster) GetConfig() *ClusterConfig {
 
 // Result is what apply returns to the proposer.
 type Result struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
-	Vm            *VmRecord              `protobuf:"bytes,2,opt,name=vm,proto3" json:"vm,omitempty"`
-	Node          *NodeRecord            `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Error *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	Vm    *VmRecord              `protobuf:"bytes,2,opt,name=vm,proto3" json:"vm,omitempty"`
+	Node  *NodeRecord            `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// The results of a Batch's commands, in order.
+	Batch         []*Result `protobuf:"bytes,4,rep,name=batch,proto3" json:"batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_blixard_proto_msgTypes[20]
+	mi := &file_blixard_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +1939,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[20]
+	mi := &file_blixard_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +1952,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{20}
+	return file_blixard_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Result) GetError() *Error {
@@ -1909,6 +1976,13 @@ func (x *Result) GetNode() *NodeRecord {
 	return nil
 }
 
+func (x *Result) GetBatch() []*Result {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
 type RequestEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -1920,7 +1994,7 @@ type RequestEntry struct {
 
 func (x *RequestEntry) Reset() {
 	*x = RequestEntry{}
-	mi := &file_blixard_proto_msgTypes[21]
+	mi := &file_blixard_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2006,7 @@ func (x *RequestEntry) String() string {
 func (*RequestEntry) ProtoMessage() {}
 
 func (x *RequestEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[21]
+	mi := &file_blixard_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2019,7 @@ func (x *RequestEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestEntry.ProtoReflect.Descriptor instead.
 func (*RequestEntry) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{21}
+	return file_blixard_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RequestEntry) GetRequestId() string {
@@ -1987,7 +2061,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_blixard_proto_msgTypes[22]
+	mi := &file_blixard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2073,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[22]
+	mi := &file_blixard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2086,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{22}
+	return file_blixard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Snapshot) GetVersion() uint32 {
@@ -2075,7 +2149,7 @@ type CreateVmRequest struct {
 
 func (x *CreateVmRequest) Reset() {
 	*x = CreateVmRequest{}
-	mi := &file_blixard_proto_msgTypes[23]
+	mi := &file_blixard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2161,7 @@ func (x *CreateVmRequest) String() string {
 func (*CreateVmRequest) ProtoMessage() {}
 
 func (x *CreateVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[23]
+	mi := &file_blixard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2174,7 @@ func (x *CreateVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVmRequest.ProtoReflect.Descriptor instead.
 func (*CreateVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{23}
+	return file_blixard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateVmRequest) GetRequestId() string {
@@ -2134,7 +2208,7 @@ type StartVmRequest struct {
 
 func (x *StartVmRequest) Reset() {
 	*x = StartVmRequest{}
-	mi := &file_blixard_proto_msgTypes[24]
+	mi := &file_blixard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2146,7 +2220,7 @@ func (x *StartVmRequest) String() string {
 func (*StartVmRequest) ProtoMessage() {}
 
 func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[24]
+	mi := &file_blixard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2159,7 +2233,7 @@ func (x *StartVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVmRequest.ProtoReflect.Descriptor instead.
 func (*StartVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{24}
+	return file_blixard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StartVmRequest) GetRequestId() string {
@@ -2186,7 +2260,7 @@ type StopVmRequest struct {
 
 func (x *StopVmRequest) Reset() {
 	*x = StopVmRequest{}
-	mi := &file_blixard_proto_msgTypes[25]
+	mi := &file_blixard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2272,7 @@ func (x *StopVmRequest) String() string {
 func (*StopVmRequest) ProtoMessage() {}
 
 func (x *StopVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[25]
+	mi := &file_blixard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2285,7 @@ func (x *StopVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopVmRequest.ProtoReflect.Descriptor instead.
 func (*StopVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{25}
+	return file_blixard_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StopVmRequest) GetRequestId() string {
@@ -2238,7 +2312,7 @@ type DeleteVmRequest struct {
 
 func (x *DeleteVmRequest) Reset() {
 	*x = DeleteVmRequest{}
-	mi := &file_blixard_proto_msgTypes[26]
+	mi := &file_blixard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2324,7 @@ func (x *DeleteVmRequest) String() string {
 func (*DeleteVmRequest) ProtoMessage() {}
 
 func (x *DeleteVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[26]
+	mi := &file_blixard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2337,7 @@ func (x *DeleteVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVmRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{26}
+	return file_blixard_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteVmRequest) GetRequestId() string {
@@ -2291,7 +2365,7 @@ type MigrateVmRequest struct {
 
 func (x *MigrateVmRequest) Reset() {
 	*x = MigrateVmRequest{}
-	mi := &file_blixard_proto_msgTypes[27]
+	mi := &file_blixard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2377,7 @@ func (x *MigrateVmRequest) String() string {
 func (*MigrateVmRequest) ProtoMessage() {}
 
 func (x *MigrateVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[27]
+	mi := &file_blixard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2390,7 @@ func (x *MigrateVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateVmRequest.ProtoReflect.Descriptor instead.
 func (*MigrateVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{27}
+	return file_blixard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MigrateVmRequest) GetRequestId() string {
@@ -2350,7 +2424,7 @@ type VmResponse struct {
 
 func (x *VmResponse) Reset() {
 	*x = VmResponse{}
-	mi := &file_blixard_proto_msgTypes[28]
+	mi := &file_blixard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2362,7 +2436,7 @@ func (x *VmResponse) String() string {
 func (*VmResponse) ProtoMessage() {}
 
 func (x *VmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[28]
+	mi := &file_blixard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2375,7 +2449,7 @@ func (x *VmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VmResponse.ProtoReflect.Descriptor instead.
 func (*VmResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{28}
+	return file_blixard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *VmResponse) GetError() *Error {
@@ -2392,6 +2466,239 @@ func (x *VmResponse) GetVm() *VmRecord {
 	return nil
 }
 
+// VmWriteBatchRequest carries several VM writes in one message; the node
+// proposes them together in one Raft entry (Batch) and answers each in
+// order. Each write keeps its own request id, validation and result. The
+// Go client coalesces the writes its callers make concurrently to one
+// node into such batches.
+type VmWriteBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writes        []*VmWrite             `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VmWriteBatchRequest) Reset() {
+	*x = VmWriteBatchRequest{}
+	mi := &file_blixard_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VmWriteBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VmWriteBatchRequest) ProtoMessage() {}
+
+func (x *VmWriteBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blixard_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VmWriteBatchRequest.ProtoReflect.Descriptor instead.
+func (*VmWriteBatchRequest) Descriptor() ([]byte, []int) {
+	return file_blixard_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *VmWriteBatchRequest) GetWrites() []*VmWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+type VmWrite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*VmWrite_Create
+	//	*VmWrite_Start
+	//	*VmWrite_Stop
+	//	*VmWrite_Delete
+	//	*VmWrite_Migrate
+	Op            isVmWrite_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VmWrite) Reset() {
+	*x = VmWrite{}
+	mi := &file_blixard_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VmWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VmWrite) ProtoMessage() {}
+
+func (x *VmWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_blixard_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VmWrite.ProtoReflect.Descriptor instead.
+func (*VmWrite) Descriptor() ([]byte, []int) {
+	return file_blixard_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *VmWrite) GetOp() isVmWrite_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *VmWrite) GetCreate() *CreateVmRequest {
+	if x != nil {
+		if x, ok := x.Op.(*VmWrite_Create); ok {
+			return x.Create
+		}
+	}
+	return nil
+}
+
+func (x *VmWrite) GetStart() *StartVmRequest {
+	if x != nil {
+		if x, ok := x.Op.(*VmWrite_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *VmWrite) GetStop() *StopVmRequest {
+	if x != nil {
+		if x, ok := x.Op.(*VmWrite_Stop); ok {
+			return x.Stop
+		}
+	}
+	return nil
+}
+
+func (x *VmWrite) GetDelete() *DeleteVmRequest {
+	if x != nil {
+		if x, ok := x.Op.(*VmWrite_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *VmWrite) GetMigrate() *MigrateVmRequest {
+	if x != nil {
+		if x, ok := x.Op.(*VmWrite_Migrate); ok {
+			return x.Migrate
+		}
+	}
+	return nil
+}
+
+type isVmWrite_Op interface {
+	isVmWrite_Op()
+}
+
+type VmWrite_Create struct {
+	Create *CreateVmRequest `protobuf:"bytes,1,opt,name=create,proto3,oneof"`
+}
+
+type VmWrite_Start struct {
+	Start *StartVmRequest `protobuf:"bytes,2,opt,name=start,proto3,oneof"`
+}
+
+type VmWrite_Stop struct {
+	Stop *StopVmRequest `protobuf:"bytes,3,opt,name=stop,proto3,oneof"`
+}
+
+type VmWrite_Delete struct {
+	Delete *DeleteVmRequest `protobuf:"bytes,4,opt,name=delete,proto3,oneof"`
+}
+
+type VmWrite_Migrate struct {
+	Migrate *MigrateVmRequest `protobuf:"bytes,5,opt,name=migrate,proto3,oneof"`
+}
+
+func (*VmWrite_Create) isVmWrite_Op() {}
+
+func (*VmWrite_Start) isVmWrite_Op() {}
+
+func (*VmWrite_Stop) isVmWrite_Op() {}
+
+func (*VmWrite_Delete) isVmWrite_Op() {}
+
+func (*VmWrite_Migrate) isVmWrite_Op() {}
+
+// VmWriteBatchResponse answers every write of the request in order, or,
+// when error is set (the node refused the whole batch), none of them.
+type VmWriteBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	Responses     []*VmResponse          `protobuf:"bytes,2,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VmWriteBatchResponse) Reset() {
+	*x = VmWriteBatchResponse{}
+	mi := &file_blixard_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VmWriteBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VmWriteBatchResponse) ProtoMessage() {}
+
+func (x *VmWriteBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blixard_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VmWriteBatchResponse.ProtoReflect.Descriptor instead.
+func (*VmWriteBatchResponse) Descriptor() ([]byte, []int) {
+	return file_blixard_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *VmWriteBatchResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *VmWriteBatchResponse) GetResponses() []*VmResponse {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
 type GetVmRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2403,7 +2710,7 @@ type GetVmRequest struct {
 
 func (x *GetVmRequest) Reset() {
 	*x = GetVmRequest{}
-	mi := &file_blixard_proto_msgTypes[29]
+	mi := &file_blixard_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +2722,7 @@ func (x *GetVmRequest) String() string {
 func (*GetVmRequest) ProtoMessage() {}
 
 func (x *GetVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[29]
+	mi := &file_blixard_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +2735,7 @@ func (x *GetVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVmRequest.ProtoReflect.Descriptor instead.
 func (*GetVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{29}
+	return file_blixard_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetVmRequest) GetName() string {
@@ -2454,7 +2761,7 @@ type ListVmsRequest struct {
 
 func (x *ListVmsRequest) Reset() {
 	*x = ListVmsRequest{}
-	mi := &file_blixard_proto_msgTypes[30]
+	mi := &file_blixard_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2466,7 +2773,7 @@ func (x *ListVmsRequest) String() string {
 func (*ListVmsRequest) ProtoMessage() {}
 
 func (x *ListVmsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[30]
+	mi := &file_blixard_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2479,7 +2786,7 @@ func (x *ListVmsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVmsRequest.ProtoReflect.Descriptor instead.
 func (*ListVmsRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{30}
+	return file_blixard_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListVmsRequest) GetStale() bool {
@@ -2499,7 +2806,7 @@ type ListVmsResponse struct {
 
 func (x *ListVmsResponse) Reset() {
 	*x = ListVmsResponse{}
-	mi := &file_blixard_proto_msgTypes[31]
+	mi := &file_blixard_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2511,7 +2818,7 @@ func (x *ListVmsResponse) String() string {
 func (*ListVmsResponse) ProtoMessage() {}
 
 func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[31]
+	mi := &file_blixard_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2524,7 +2831,7 @@ func (x *ListVmsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVmsResponse.ProtoReflect.Descriptor instead.
 func (*ListVmsResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{31}
+	return file_blixard_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListVmsResponse) GetError() *Error {
@@ -2560,7 +2867,7 @@ type WatchVmRequest struct {
 
 func (x *WatchVmRequest) Reset() {
 	*x = WatchVmRequest{}
-	mi := &file_blixard_proto_msgTypes[32]
+	mi := &file_blixard_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2879,7 @@ func (x *WatchVmRequest) String() string {
 func (*WatchVmRequest) ProtoMessage() {}
 
 func (x *WatchVmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[32]
+	mi := &file_blixard_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2892,7 @@ func (x *WatchVmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVmRequest.ProtoReflect.Descriptor instead.
 func (*WatchVmRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{32}
+	return file_blixard_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatchVmRequest) GetName() string {
@@ -2654,7 +2961,7 @@ type VmLogsRequest struct {
 
 func (x *VmLogsRequest) Reset() {
 	*x = VmLogsRequest{}
-	mi := &file_blixard_proto_msgTypes[33]
+	mi := &file_blixard_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2973,7 @@ func (x *VmLogsRequest) String() string {
 func (*VmLogsRequest) ProtoMessage() {}
 
 func (x *VmLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[33]
+	mi := &file_blixard_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2986,7 @@ func (x *VmLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VmLogsRequest.ProtoReflect.Descriptor instead.
 func (*VmLogsRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{33}
+	return file_blixard_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *VmLogsRequest) GetName() string {
@@ -2729,7 +3036,7 @@ type VmLogsResponse struct {
 
 func (x *VmLogsResponse) Reset() {
 	*x = VmLogsResponse{}
-	mi := &file_blixard_proto_msgTypes[34]
+	mi := &file_blixard_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2741,7 +3048,7 @@ func (x *VmLogsResponse) String() string {
 func (*VmLogsResponse) ProtoMessage() {}
 
 func (x *VmLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[34]
+	mi := &file_blixard_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2754,7 +3061,7 @@ func (x *VmLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VmLogsResponse.ProtoReflect.Descriptor instead.
 func (*VmLogsResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{34}
+	return file_blixard_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *VmLogsResponse) GetError() *Error {
@@ -2787,7 +3094,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_blixard_proto_msgTypes[35]
+	mi := &file_blixard_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2799,7 +3106,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[35]
+	mi := &file_blixard_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2812,7 +3119,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{35}
+	return file_blixard_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ClusterStatusRequest) GetStale() bool {
@@ -2838,7 +3145,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_blixard_proto_msgTypes[36]
+	mi := &file_blixard_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2850,7 +3157,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[36]
+	mi := &file_blixard_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2863,7 +3170,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{36}
+	return file_blixard_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NodeInfo) GetNode() *NodeRecord {
@@ -2929,7 +3236,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_blixard_proto_msgTypes[37]
+	mi := &file_blixard_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2941,7 +3248,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[37]
+	mi := &file_blixard_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2954,7 +3261,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{37}
+	return file_blixard_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ClusterStatusResponse) GetError() *Error {
@@ -3008,7 +3315,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_blixard_proto_msgTypes[38]
+	mi := &file_blixard_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3020,7 +3327,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[38]
+	mi := &file_blixard_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3033,7 +3340,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{38}
+	return file_blixard_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListNodesRequest) GetStale() bool {
@@ -3053,7 +3360,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_blixard_proto_msgTypes[39]
+	mi := &file_blixard_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3065,7 +3372,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[39]
+	mi := &file_blixard_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3078,7 +3385,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{39}
+	return file_blixard_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListNodesResponse) GetError() *Error {
@@ -3106,7 +3413,7 @@ type SetNodeSchedulableRequest struct {
 
 func (x *SetNodeSchedulableRequest) Reset() {
 	*x = SetNodeSchedulableRequest{}
-	mi := &file_blixard_proto_msgTypes[40]
+	mi := &file_blixard_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3425,7 @@ func (x *SetNodeSchedulableRequest) String() string {
 func (*SetNodeSchedulableRequest) ProtoMessage() {}
 
 func (x *SetNodeSchedulableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[40]
+	mi := &file_blixard_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3438,7 @@ func (x *SetNodeSchedulableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeSchedulableRequest.ProtoReflect.Descriptor instead.
 func (*SetNodeSchedulableRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{40}
+	return file_blixard_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetNodeSchedulableRequest) GetRequestId() string {
@@ -3165,7 +3472,7 @@ type NodeResponse struct {
 
 func (x *NodeResponse) Reset() {
 	*x = NodeResponse{}
-	mi := &file_blixard_proto_msgTypes[41]
+	mi := &file_blixard_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3177,7 +3484,7 @@ func (x *NodeResponse) String() string {
 func (*NodeResponse) ProtoMessage() {}
 
 func (x *NodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[41]
+	mi := &file_blixard_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3190,7 +3497,7 @@ func (x *NodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResponse.ProtoReflect.Descriptor instead.
 func (*NodeResponse) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{41}
+	return file_blixard_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NodeResponse) GetError() *Error {
@@ -3221,7 +3528,7 @@ type LeaveClusterRequest struct {
 
 func (x *LeaveClusterRequest) Reset() {
 	*x = LeaveClusterRequest{}
-	mi := &file_blixard_proto_msgTypes[42]
+	mi := &file_blixard_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3233,7 +3540,7 @@ func (x *LeaveClusterRequest) String() string {
 func (*LeaveClusterRequest) ProtoMessage() {}
 
 func (x *LeaveClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blixard_proto_msgTypes[42]
+	mi := &file_blixard_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3246,7 +3553,7 @@ func (x *LeaveClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveClusterRequest.ProtoReflect.Descriptor instead.
 func (*LeaveClusterRequest) Descriptor() ([]byte, []int) {
-	return file_blixard_proto_rawDescGZIP(), []int{42}
+	return file_blixard_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *LeaveClusterRequest) GetNodeId() uint64 {
@@ -3345,7 +3652,7 @@ const file_blixard_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x16\n" +
 	"\x06subnet\x18\x02 \x01(\tR\x06subnet\x12\x1c\n" +
-	"\tplacement\x18\x03 \x01(\tR\tplacement\"\xac\x06\n" +
+	"\tplacement\x18\x03 \x01(\tR\tplacement\"\xd7\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
@@ -3366,8 +3673,11 @@ const file_blixard_proto_rawDesc = "" +
 	"\x14set_node_schedulable\x18\x13 \x01(\v2\x1e.blixard.v1.SetNodeSchedulableH\x00R\x12setNodeSchedulable\x129\n" +
 	"\vremove_node\x18\x14 \x01(\v2\x16.blixard.v1.RemoveNodeH\x00R\n" +
 	"removeNode\x12B\n" +
-	"\x0enode_heartbeat\x18\x15 \x01(\v2\x19.blixard.v1.NodeHeartbeatH\x00R\rnodeHeartbeatB\x04\n" +
-	"\x02op\"M\n" +
+	"\x0enode_heartbeat\x18\x15 \x01(\v2\x19.blixard.v1.NodeHeartbeatH\x00R\rnodeHeartbeat\x12)\n" +
+	"\x05batch\x18\x16 \x01(\v2\x11.blixard.v1.BatchH\x00R\x05batchB\x04\n" +
+	"\x02op\"8\n" +
+	"\x05Batch\x12/\n" +
+	"\bcommands\x18\x01 \x03(\v2\x13.blixard.v1.CommandR\bcommands\"M\n" +
 	"\bCreateVm\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.blixard.v1.VmSpecR\x04spec\x12\x19\n" +
 	"\bno_start\x18\x02 \x01(\bR\anoStart\"\x1d\n" +
@@ -3406,11 +3716,12 @@ const file_blixard_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0etarget_node_id\x18\x02 \x01(\x04R\ftargetNodeId\"@\n" +
 	"\vInitCluster\x121\n" +
-	"\x06config\x18\x01 \x01(\v2\x19.blixard.v1.ClusterConfigR\x06config\"\x83\x01\n" +
+	"\x06config\x18\x01 \x01(\v2\x19.blixard.v1.ClusterConfigR\x06config\"\xad\x01\n" +
 	"\x06Result\x12'\n" +
 	"\x05error\x18\x01 \x01(\v2\x11.blixard.v1.ErrorR\x05error\x12$\n" +
 	"\x02vm\x18\x02 \x01(\v2\x14.blixard.v1.VmRecordR\x02vm\x12*\n" +
-	"\x04node\x18\x03 \x01(\v2\x16.blixard.v1.NodeRecordR\x04node\"o\n" +
+	"\x04node\x18\x03 \x01(\v2\x16.blixard.v1.NodeRecordR\x04node\x12(\n" +
+	"\x05batch\x18\x04 \x03(\v2\x12.blixard.v1.ResultR\x05batch\"o\n" +
 	"\fRequestEntry\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -3450,7 +3761,19 @@ const file_blixard_proto_rawDesc = "" +
 	"\n" +
 	"VmResponse\x12'\n" +
 	"\x05error\x18\x01 \x01(\v2\x11.blixard.v1.ErrorR\x05error\x12$\n" +
-	"\x02vm\x18\x02 \x01(\v2\x14.blixard.v1.VmRecordR\x02vm\"8\n" +
+	"\x02vm\x18\x02 \x01(\v2\x14.blixard.v1.VmRecordR\x02vm\"B\n" +
+	"\x13VmWriteBatchRequest\x12+\n" +
+	"\x06writes\x18\x01 \x03(\v2\x13.blixard.v1.VmWriteR\x06writes\"\x9c\x02\n" +
+	"\aVmWrite\x125\n" +
+	"\x06create\x18\x01 \x01(\v2\x1b.blixard.v1.CreateVmRequestH\x00R\x06create\x122\n" +
+	"\x05start\x18\x02 \x01(\v2\x1a.blixard.v1.StartVmRequestH\x00R\x05start\x12/\n" +
+	"\x04stop\x18\x03 \x01(\v2\x19.blixard.v1.StopVmRequestH\x00R\x04stop\x125\n" +
+	"\x06delete\x18\x04 \x01(\v2\x1b.blixard.v1.DeleteVmRequestH\x00R\x06delete\x128\n" +
+	"\amigrate\x18\x05 \x01(\v2\x1c.blixard.v1.MigrateVmRequestH\x00R\amigrateB\x04\n" +
+	"\x02op\"u\n" +
+	"\x14VmWriteBatchResponse\x12'\n" +
+	"\x05error\x18\x01 \x01(\v2\x11.blixard.v1.ErrorR\x05error\x124\n" +
+	"\tresponses\x18\x02 \x03(\v2\x16.blixard.v1.VmResponseR\tresponses\"8\n" +
 	"\fGetVmRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05stale\x18\x02 \x01(\bR\x05stale\"&\n" +
@@ -3562,7 +3885,7 @@ func file_blixard_proto_rawDescGZIP() []byte {
 }
 
 var file_blixard_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_blixard_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_blixard_proto_goTypes = []any{
 	(Code)(0),                         // 0: blixard.v1.Code
 	(DesiredState)(0),                 // 1: blixard.v1.DesiredState
@@ -3576,99 +3899,114 @@ var file_blixard_proto_goTypes = []any{
 	(*NodeRecord)(nil),                // 9: blixard.v1.NodeRecord
 	(*ClusterConfig)(nil),             // 10: blixard.v1.ClusterConfig
 	(*Command)(nil),                   // 11: blixard.v1.Command
-	(*CreateVm)(nil),                  // 12: blixard.v1.CreateVm
-	(*StartVm)(nil),                   // 13: blixard.v1.StartVm
-	(*StopVm)(nil),                    // 14: blixard.v1.StopVm
-	(*DeleteVm)(nil),                  // 15: blixard.v1.DeleteVm
-	(*ReportVmStatus)(nil),            // 16: blixard.v1.ReportVmStatus
-	(*UpsertNode)(nil),                // 17: blixard.v1.UpsertNode
-	(*SetNodeStatus)(nil),             // 18: blixard.v1.SetNodeStatus
-	(*NodeHeartbeat)(nil),             // 19: blixard.v1.NodeHeartbeat
-	(*SetNodeSchedulable)(nil),        // 20: blixard.v1.SetNodeSchedulable
-	(*RemoveNode)(nil),                // 21: blixard.v1.RemoveNode
-	(*MigrateVm)(nil),                 // 22: blixard.v1.MigrateVm
-	(*InitCluster)(nil),               // 23: blixard.v1.InitCluster
-	(*Result)(nil),                    // 24: blixard.v1.Result
-	(*RequestEntry)(nil),              // 25: blixard.v1.RequestEntry
-	(*Snapshot)(nil),                  // 26: blixard.v1.Snapshot
-	(*CreateVmRequest)(nil),           // 27: blixard.v1.CreateVmRequest
-	(*StartVmRequest)(nil),            // 28: blixard.v1.StartVmRequest
-	(*StopVmRequest)(nil),             // 29: blixard.v1.StopVmRequest
-	(*DeleteVmRequest)(nil),           // 30: blixard.v1.DeleteVmRequest
-	(*MigrateVmRequest)(nil),          // 31: blixard.v1.MigrateVmRequest
-	(*VmResponse)(nil),                // 32: blixard.v1.VmResponse
-	(*GetVmRequest)(nil),              // 33: blixard.v1.GetVmRequest
-	(*ListVmsRequest)(nil),            // 34: blixard.v1.ListVmsRequest
-	(*ListVmsResponse)(nil),           // 35: blixard.v1.ListVmsResponse
-	(*WatchVmRequest)(nil),            // 36: blixard.v1.WatchVmRequest
-	(*VmLogsRequest)(nil),             // 37: blixard.v1.VmLogsRequest
-	(*VmLogsResponse)(nil),            // 38: blixard.v1.VmLogsResponse
-	(*ClusterStatusRequest)(nil),      // 39: blixard.v1.ClusterStatusRequest
-	(*NodeInfo)(nil),                  // 40: blixard.v1.NodeInfo
-	(*ClusterStatusResponse)(nil),     // 41: blixard.v1.ClusterStatusResponse
-	(*ListNodesRequest)(nil),          // 42: blixard.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 43: blixard.v1.ListNodesResponse
-	(*SetNodeSchedulableRequest)(nil), // 44: blixard.v1.SetNodeSchedulableRequest
-	(*NodeResponse)(nil),              // 45: blixard.v1.NodeResponse
-	(*LeaveClusterRequest)(nil),       // 46: blixard.v1.LeaveClusterRequest
-	nil,                               // 47: blixard.v1.VmSpec.LabelsEntry
-	nil,                               // 48: blixard.v1.NodeRecord.LabelsEntry
+	(*Batch)(nil),                     // 12: blixard.v1.Batch
+	(*CreateVm)(nil),                  // 13: blixard.v1.CreateVm
+	(*StartVm)(nil),                   // 14: blixard.v1.StartVm
+	(*StopVm)(nil),                    // 15: blixard.v1.StopVm
+	(*DeleteVm)(nil),                  // 16: blixard.v1.DeleteVm
+	(*ReportVmStatus)(nil),            // 17: blixard.v1.ReportVmStatus
+	(*UpsertNode)(nil),                // 18: blixard.v1.UpsertNode
+	(*SetNodeStatus)(nil),             // 19: blixard.v1.SetNodeStatus
+	(*NodeHeartbeat)(nil),             // 20: blixard.v1.NodeHeartbeat
+	(*SetNodeSchedulable)(nil),        // 21: blixard.v1.SetNodeSchedulable
+	(*RemoveNode)(nil),                // 22: blixard.v1.RemoveNode
+	(*MigrateVm)(nil),                 // 23: blixard.v1.MigrateVm
+	(*InitCluster)(nil),               // 24: blixard.v1.InitCluster
+	(*Result)(nil),                    // 25: blixard.v1.Result
+	(*RequestEntry)(nil),              // 26: blixard.v1.RequestEntry
+	(*Snapshot)(nil),                  // 27: blixard.v1.Snapshot
+	(*CreateVmRequest)(nil),           // 28: blixard.v1.CreateVmRequest
+	(*StartVmRequest)(nil),            // 29: blixard.v1.StartVmRequest
+	(*StopVmRequest)(nil),             // 30: blixard.v1.StopVmRequest
+	(*DeleteVmRequest)(nil),           // 31: blixard.v1.DeleteVmRequest
+	(*MigrateVmRequest)(nil),          // 32: blixard.v1.MigrateVmRequest
+	(*VmResponse)(nil),                // 33: blixard.v1.VmResponse
+	(*VmWriteBatchRequest)(nil),       // 34: blixard.v1.VmWriteBatchRequest
+	(*VmWrite)(nil),                   // 35: blixard.v1.VmWrite
+	(*VmWriteBatchResponse)(nil),      // 36: blixard.v1.VmWriteBatchResponse
+	(*GetVmRequest)(nil),              // 37: blixard.v1.GetVmRequest
+	(*ListVmsRequest)(nil),            // 38: blixard.v1.ListVmsRequest
+	(*ListVmsResponse)(nil),           // 39: blixard.v1.ListVmsResponse
+	(*WatchVmRequest)(nil),            // 40: blixard.v1.WatchVmRequest
+	(*VmLogsRequest)(nil),             // 41: blixard.v1.VmLogsRequest
+	(*VmLogsResponse)(nil),            // 42: blixard.v1.VmLogsResponse
+	(*ClusterStatusRequest)(nil),      // 43: blixard.v1.ClusterStatusRequest
+	(*NodeInfo)(nil),                  // 44: blixard.v1.NodeInfo
+	(*ClusterStatusResponse)(nil),     // 45: blixard.v1.ClusterStatusResponse
+	(*ListNodesRequest)(nil),          // 46: blixard.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 47: blixard.v1.ListNodesResponse
+	(*SetNodeSchedulableRequest)(nil), // 48: blixard.v1.SetNodeSchedulableRequest
+	(*NodeResponse)(nil),              // 49: blixard.v1.NodeResponse
+	(*LeaveClusterRequest)(nil),       // 50: blixard.v1.LeaveClusterRequest
+	nil,                               // 51: blixard.v1.VmSpec.LabelsEntry
+	nil,                               // 52: blixard.v1.NodeRecord.LabelsEntry
 }
 var file_blixard_proto_depIdxs = []int32{
 	0,  // 0: blixard.v1.Error.code:type_name -> blixard.v1.Code
 	5,  // 1: blixard.v1.VmSpec.volumes:type_name -> blixard.v1.Volume
 	6,  // 2: blixard.v1.VmSpec.restart:type_name -> blixard.v1.RestartPolicy
-	47, // 3: blixard.v1.VmSpec.labels:type_name -> blixard.v1.VmSpec.LabelsEntry
+	51, // 3: blixard.v1.VmSpec.labels:type_name -> blixard.v1.VmSpec.LabelsEntry
 	7,  // 4: blixard.v1.VmRecord.spec:type_name -> blixard.v1.VmSpec
 	1,  // 5: blixard.v1.VmRecord.desired:type_name -> blixard.v1.DesiredState
 	2,  // 6: blixard.v1.VmRecord.status:type_name -> blixard.v1.VmStatus
-	48, // 7: blixard.v1.NodeRecord.labels:type_name -> blixard.v1.NodeRecord.LabelsEntry
+	52, // 7: blixard.v1.NodeRecord.labels:type_name -> blixard.v1.NodeRecord.LabelsEntry
 	3,  // 8: blixard.v1.NodeRecord.status:type_name -> blixard.v1.NodeStatus
-	12, // 9: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVm
-	13, // 10: blixard.v1.Command.start_vm:type_name -> blixard.v1.StartVm
-	14, // 11: blixard.v1.Command.stop_vm:type_name -> blixard.v1.StopVm
-	15, // 12: blixard.v1.Command.delete_vm:type_name -> blixard.v1.DeleteVm
-	16, // 13: blixard.v1.Command.report_vm_status:type_name -> blixard.v1.ReportVmStatus
-	17, // 14: blixard.v1.Command.upsert_node:type_name -> blixard.v1.UpsertNode
-	18, // 15: blixard.v1.Command.set_node_status:type_name -> blixard.v1.SetNodeStatus
-	22, // 16: blixard.v1.Command.migrate_vm:type_name -> blixard.v1.MigrateVm
-	23, // 17: blixard.v1.Command.init_cluster:type_name -> blixard.v1.InitCluster
-	20, // 18: blixard.v1.Command.set_node_schedulable:type_name -> blixard.v1.SetNodeSchedulable
-	21, // 19: blixard.v1.Command.remove_node:type_name -> blixard.v1.RemoveNode
-	19, // 20: blixard.v1.Command.node_heartbeat:type_name -> blixard.v1.NodeHeartbeat
-	7,  // 21: blixard.v1.CreateVm.spec:type_name -> blixard.v1.VmSpec
-	2,  // 22: blixard.v1.ReportVmStatus.status:type_name -> blixard.v1.VmStatus
-	9,  // 23: blixard.v1.UpsertNode.node:type_name -> blixard.v1.NodeRecord
-	3,  // 24: blixard.v1.SetNodeStatus.status:type_name -> blixard.v1.NodeStatus
-	10, // 25: blixard.v1.InitCluster.config:type_name -> blixard.v1.ClusterConfig
-	4,  // 26: blixard.v1.Result.error:type_name -> blixard.v1.Error
-	8,  // 27: blixard.v1.Result.vm:type_name -> blixard.v1.VmRecord
-	9,  // 28: blixard.v1.Result.node:type_name -> blixard.v1.NodeRecord
-	24, // 29: blixard.v1.RequestEntry.result:type_name -> blixard.v1.Result
-	10, // 30: blixard.v1.Snapshot.config:type_name -> blixard.v1.ClusterConfig
-	9,  // 31: blixard.v1.Snapshot.nodes:type_name -> blixard.v1.NodeRecord
-	8,  // 32: blixard.v1.Snapshot.vms:type_name -> blixard.v1.VmRecord
-	25, // 33: blixard.v1.Snapshot.requests:type_name -> blixard.v1.RequestEntry
-	7,  // 34: blixard.v1.CreateVmRequest.spec:type_name -> blixard.v1.VmSpec
-	4,  // 35: blixard.v1.VmResponse.error:type_name -> blixard.v1.Error
-	8,  // 36: blixard.v1.VmResponse.vm:type_name -> blixard.v1.VmRecord
-	4,  // 37: blixard.v1.ListVmsResponse.error:type_name -> blixard.v1.Error
-	8,  // 38: blixard.v1.ListVmsResponse.vms:type_name -> blixard.v1.VmRecord
-	2,  // 39: blixard.v1.WatchVmRequest.status:type_name -> blixard.v1.VmStatus
-	1,  // 40: blixard.v1.WatchVmRequest.desired:type_name -> blixard.v1.DesiredState
-	4,  // 41: blixard.v1.VmLogsResponse.error:type_name -> blixard.v1.Error
-	9,  // 42: blixard.v1.NodeInfo.node:type_name -> blixard.v1.NodeRecord
-	4,  // 43: blixard.v1.ClusterStatusResponse.error:type_name -> blixard.v1.Error
-	40, // 44: blixard.v1.ClusterStatusResponse.nodes:type_name -> blixard.v1.NodeInfo
-	4,  // 45: blixard.v1.ListNodesResponse.error:type_name -> blixard.v1.Error
-	40, // 46: blixard.v1.ListNodesResponse.nodes:type_name -> blixard.v1.NodeInfo
-	4,  // 47: blixard.v1.NodeResponse.error:type_name -> blixard.v1.Error
-	9,  // 48: blixard.v1.NodeResponse.node:type_name -> blixard.v1.NodeRecord
-	49, // [49:49] is the sub-list for method output_type
-	49, // [49:49] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	13, // 9: blixard.v1.Command.create_vm:type_name -> blixard.v1.CreateVm
+	14, // 10: blixard.v1.Command.start_vm:type_name -> blixard.v1.StartVm
+	15, // 11: blixard.v1.Command.stop_vm:type_name -> blixard.v1.StopVm
+	16, // 12: blixard.v1.Command.delete_vm:type_name -> blixard.v1.DeleteVm
+	17, // 13: blixard.v1.Command.report_vm_status:type_name -> blixard.v1.ReportVmStatus
+	18, // 14: blixard.v1.Command.upsert_node:type_name -> blixard.v1.UpsertNode
+	19, // 15: blixard.v1.Command.set_node_status:type_name -> blixard.v1.SetNodeStatus
+	23, // 16: blixard.v1.Command.migrate_vm:type_name -> blixard.v1.MigrateVm
+	24, // 17: blixard.v1.Command.init_cluster:type_name -> blixard.v1.InitCluster
+	21, // 18: blixard.v1.Command.set_node_schedulable:type_name -> blixard.v1.SetNodeSchedulable
+	22, // 19: blixard.v1.Command.remove_node:type_name -> blixard.v1.RemoveNode
+	20, // 20: blixard.v1.Command.node_heartbeat:type_name -> blixard.v1.NodeHeartbeat
+	12, // 21: blixard.v1.Command.batch:type_name -> blixard.v1.Batch
+	11, // 22: blixard.v1.Batch.commands:type_name -> blixard.v1.Command
+	7,  // 23: blixard.v1.CreateVm.spec:type_name -> blixard.v1.VmSpec
+	2,  // 24: blixard.v1.ReportVmStatus.status:type_name -> blixard.v1.VmStatus
+	9,  // 25: blixard.v1.UpsertNode.node:type_name -> blixard.v1.NodeRecord
+	3,  // 26: blixard.v1.SetNodeStatus.status:type_name -> blixard.v1.NodeStatus
+	10, // 27: blixard.v1.InitCluster.config:type_name -> blixard.v1.ClusterConfig
+	4,  // 28: blixard.v1.Result.error:type_name -> blixard.v1.Error
+	8,  // 29: blixard.v1.Result.vm:type_name -> blixard.v1.VmRecord
+	9,  // 30: blixard.v1.Result.node:type_name -> blixard.v1.NodeRecord
+	25, // 31: blixard.v1.Result.batch:type_name -> blixard.v1.Result
+	25, // 32: blixard.v1.RequestEntry.result:type_name -> blixard.v1.Result
+	10, // 33: blixard.v1.Snapshot.config:type_name -> blixard.v1.ClusterConfig
+	9,  // 34: blixard.v1.Snapshot.nodes:type_name -> blixard.v1.NodeRecord
+	8,  // 35: blixard.v1.Snapshot.vms:type_name -> blixard.v1.VmRecord
+	26, // 36: blixard.v1.Snapshot.requests:type_name -> blixard.v1.RequestEntry
+	7,  // 37: blixard.v1.CreateVmRequest.spec:type_name -> blixard.v1.VmSpec
+	4,  // 38: blixard.v1.VmResponse.error:type_name -> blixard.v1.Error
+	8,  // 39: blixard.v1.VmResponse.vm:type_name -> blixard.v1.VmRecord
+	35, // 40: blixard.v1.VmWriteBatchRequest.writes:type_name -> blixard.v1.VmWrite
+	28, // 41: blixard.v1.VmWrite.create:type_name -> blixard.v1.CreateVmRequest
+	29, // 42: blixard.v1.VmWrite.start:type_name -> blixard.v1.StartVmRequest
+	30, // 43: blixard.v1.VmWrite.stop:type_name -> blixard.v1.StopVmRequest
+	31, // 44: blixard.v1.VmWrite.delete:type_name -> blixard.v1.DeleteVmRequest
+	32, // 45: blixard.v1.VmWrite.migrate:type_name -> blixard.v1.MigrateVmRequest
+	4,  // 46: blixard.v1.VmWriteBatchResponse.error:type_name -> blixard.v1.Error
+	33, // 47: blixard.v1.VmWriteBatchResponse.responses:type_name -> blixard.v1.VmResponse
+	4,  // 48: blixard.v1.ListVmsResponse.error:type_name -> blixard.v1.Error
+	8,  // 49: blixard.v1.ListVmsResponse.vms:type_name -> blixard.v1.VmRecord
+	2,  // 50: blixard.v1.WatchVmRequest.status:type_name -> blixard.v1.VmStatus
+	1,  // 51: blixard.v1.WatchVmRequest.desired:type_name -> blixard.v1.DesiredState
+	4,  // 52: blixard.v1.VmLogsResponse.error:type_name -> blixard.v1.Error
+	9,  // 53: blixard.v1.NodeInfo.node:type_name -> blixard.v1.NodeRecord
+	4,  // 54: blixard.v1.ClusterStatusResponse.error:type_name -> blixard.v1.Error
+	44, // 55: blixard.v1.ClusterStatusResponse.nodes:type_name -> blixard.v1.NodeInfo
+	4,  // 56: blixard.v1.ListNodesResponse.error:type_name -> blixard.v1.Error
+	44, // 57: blixard.v1.ListNodesResponse.nodes:type_name -> blixard.v1.NodeInfo
+	4,  // 58: blixard.v1.NodeResponse.error:type_name -> blixard.v1.Error
+	9,  // 59: blixard.v1.NodeResponse.node:type_name -> blixard.v1.NodeRecord
+	60, // [60:60] is the sub-list for method output_type
+	60, // [60:60] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_blixard_proto_init() }
@@ -3689,6 +4027,14 @@ func file_blixard_proto_init() {
 		(*Command_SetNodeSchedulable)(nil),
 		(*Command_RemoveNode)(nil),
 		(*Command_NodeHeartbeat)(nil),
+		(*Command_Batch)(nil),
+	}
+	file_blixard_proto_msgTypes[31].OneofWrappers = []any{
+		(*VmWrite_Create)(nil),
+		(*VmWrite_Start)(nil),
+		(*VmWrite_Stop)(nil),
+		(*VmWrite_Delete)(nil),
+		(*VmWrite_Migrate)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3696,7 +4042,7 @@ func file_blixard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blixard_proto_rawDesc), len(file_blixard_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   45,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
