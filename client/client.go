@@ -42,6 +42,8 @@ type options struct {
 	retryWindow    time.Duration
 	stale          bool
 	logger         *slog.Logger
+	batches        int
+	batchesSet     bool
 }
 
 // WithBindAddr sets the local host:port the client's remote listens on
@@ -75,6 +77,7 @@ type Client struct {
 	mu        sync.Mutex
 	preferred int
 	healthy   map[string]bool
+	batchers  map[string]*batcher
 	closed    bool
 }
 
@@ -85,6 +88,9 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 	o := options{attemptTimeout: DefaultAttemptTimeout, retryWindow: DefaultRetryWindow}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if !o.batchesSet {
+		o.batches = DefaultBatchesInFlight
 	}
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
@@ -129,11 +135,12 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 		return nil, fmt.Errorf("starting client remote on %s: %w", bind, err)
 	}
 	return &Client{
-		opts:    o,
-		addrs:   norm,
-		system:  system,
-		remote:  r,
-		healthy: make(map[string]bool),
+		opts:     o,
+		addrs:    norm,
+		system:   system,
+		remote:   r,
+		healthy:  make(map[string]bool),
+		batchers: make(map[string]*batcher),
 	}, nil
 }
 
@@ -248,6 +255,9 @@ func (c *Client) call(ctx context.Context, req proto.Message, extra time.Duratio
 	}
 	start := c.preferred
 	c.mu.Unlock()
+	if err := c.checkEncodable(req); err != nil {
+		return nil, err
+	}
 
 	if c.opts.retryWindow > 0 {
 		var cancel context.CancelFunc
@@ -364,39 +374,24 @@ func (c *Client) send(ctx context.Context, addr string, req proto.Message, timeo
 	if timeout <= 0 {
 		return nil, &errTransport{addr: addr, err: context.DeadlineExceeded}
 	}
-	f := c.system.Root.RequestFuture(actor.NewPID(addr, APIActorName), req, timeout)
+	if c.opts.batches > 0 && isVMWrite(req) {
+		return c.batcherFor(addr).do(ctx, req, timeout)
+	}
 	type result struct {
-		v   any
+		res response
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		v, err := f.Result()
-		done <- result{v, err}
+		res, err := c.request(actor.NewPID(addr, APIActorName), req, timeout)
+		done <- result{res, err}
 	}()
-	var r result
 	select {
-	case r = <-done:
+	case r := <-done:
+		return r.res, r.err
 	case <-ctx.Done():
 		return nil, &errTransport{addr: addr, err: ctx.Err()}
 	}
-	if r.err != nil {
-		if errors.Is(r.err, actor.ErrTimeout) {
-			return nil, &errTransport{addr: addr, err: errors.New("no answer (timeout)")}
-		}
-		if errors.Is(r.err, actor.ErrDeadLetter) {
-			return nil, &errTransport{addr: addr, err: errors.New("no api actor (node unreachable or starting)")}
-		}
-		return nil, &errTransport{addr: addr, err: r.err}
-	}
-	if _, ok := r.v.(*actor.DeadLetterResponse); ok {
-		return nil, &errTransport{addr: addr, err: errors.New("no api actor (node unreachable or starting)")}
-	}
-	res, ok := r.v.(response)
-	if !ok {
-		return nil, &errTransport{addr: addr, err: fmt.Errorf("unexpected reply %T", r.v)}
-	}
-	return res, nil
 }
 
 // do runs call and type-checks the response.

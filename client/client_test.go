@@ -71,7 +71,24 @@ func runFakeNode(mode string) {
 				ctx.Respond(&blixardpb.VmResponse{Error: &blixardpb.Error{Code: blixardpb.Code_ALREADY_EXISTS, Message: `vm "web" already exists`}})
 			case "good":
 				ctx.Respond(okVM(m.GetSpec().GetName()))
+			case "good-slow":
+				sender, res := ctx.Sender(), answerCreate(m.GetSpec().GetName())
+				time.AfterFunc(writeDelay(mode), func() { system.Root.Send(sender, res) })
 			}
+		case *blixardpb.VmWriteBatchRequest:
+			fmt.Fprintf(out, "BATCH %d\n", len(m.GetWrites()))
+			res := &blixardpb.VmWriteBatchResponse{}
+			for _, w := range m.GetWrites() {
+				name := w.GetCreate().GetSpec().GetName()
+				fmt.Fprintf(out, "REQ %s\n", w.GetCreate().GetRequestId())
+				res.Responses = append(res.Responses, answerCreate(name))
+			}
+			out.Flush()
+			if mode == "unavailable-slow" {
+				res = &blixardpb.VmWriteBatchResponse{Error: &blixardpb.Error{Code: blixardpb.Code_UNAVAILABLE, Message: "no quorum: test"}}
+			}
+			sender := ctx.Sender()
+			time.AfterFunc(writeDelay(mode), func() { system.Root.Send(sender, res) })
 		case *blixardpb.ClusterStatusRequest:
 			// The client's liveness probe: a silent node is like a paused
 			// process, whose kernel still accepts connections.
@@ -107,11 +124,33 @@ func runFakeNode(mode string) {
 	io.Copy(io.Discard, os.Stdin)
 }
 
+// answerCreate is a good fake node's answer to a create: the vm "exists"
+// already does.
+func answerCreate(name string) *blixardpb.VmResponse {
+	if name == "exists" {
+		return &blixardpb.VmResponse{Error: &blixardpb.Error{Code: blixardpb.Code_ALREADY_EXISTS, Message: `vm "exists" already exists`}}
+	}
+	return okVM(name)
+}
+
+// writeDelay is how long a fake node in mode takes to answer a write
+// (off the actor loop, like the real api actor).
+func writeDelay(mode string) time.Duration {
+	switch mode {
+	case "good-slow":
+		return 300 * time.Millisecond
+	case "unavailable-slow":
+		return 400 * time.Millisecond
+	}
+	return 0
+}
+
 // fakeNode is a child process running runFakeNode.
 type fakeNode struct {
-	addr string
-	mu   sync.Mutex
-	ids  []string
+	addr    string
+	mu      sync.Mutex
+	ids     []string
+	batches []int
 }
 
 func startFakeNode(t *testing.T, mode string) *fakeNode {
@@ -145,6 +184,12 @@ func startFakeNode(t *testing.T, mode string) *fakeNode {
 				n.mu.Lock()
 				n.ids = append(n.ids, f[1])
 				n.mu.Unlock()
+			case len(f) == 2 && f[0] == "BATCH":
+				var k int
+				fmt.Sscan(f[1], &k)
+				n.mu.Lock()
+				n.batches = append(n.batches, k)
+				n.mu.Unlock()
 			}
 		}
 	}()
@@ -160,6 +205,12 @@ func startFakeNode(t *testing.T, mode string) *fakeNode {
 		t.Fatal("fake node did not start")
 	}
 	return n
+}
+
+func (n *fakeNode) batchSizes() []int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]int(nil), n.batches...)
 }
 
 func (n *fakeNode) requestIDs() []string {
@@ -423,4 +474,108 @@ func TestNormalizeAddr(t *testing.T) {
 			t.Errorf("NormalizeAddr(%q) accepted", bad)
 		}
 	}
+}
+
+// createConcurrently makes n concurrent CreateVM calls for names w0...
+// (w3 is named "exists" when withExisting) and returns their errors.
+func createConcurrently(ctx context.Context, c *client.Client, n int, withExisting bool) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			name := fmt.Sprintf("w%d", i)
+			if withExisting && i == 3 {
+				name = "exists"
+			}
+			vm, err := c.CreateVM(ctx, &blixardpb.VmSpec{Name: name}, true)
+			if err == nil && vm.GetSpec().GetName() != name {
+				err = fmt.Errorf("call for %s got the record of %s", name, vm.GetSpec().GetName())
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	return errs
+}
+
+// TestConcurrentWritesAreBatched: writes made while one is outstanding
+// to a node go together in one VmWriteBatchRequest; every call gets its
+// own answer (one of them a typed error), and the node sees every request
+// id once.
+func TestConcurrentWritesAreBatched(t *testing.T) {
+	if !inChild(t) {
+		return
+	}
+	node := startFakeNode(t, "good-slow")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := dial(t, []string{node.addr})
+	errs := createConcurrently(ctx, c, 20, true)
+	for i, err := range errs {
+		if i == 3 {
+			if !errors.Is(err, client.ErrAlreadyExists) {
+				t.Errorf("create of the existing vm: %v, want ErrAlreadyExists", err)
+			}
+		} else if err != nil {
+			t.Errorf("create w%d: %v", i, err)
+		}
+	}
+	waitFor(t, func() bool { return len(node.requestIDs()) == 20 })
+	seen := map[string]bool{}
+	for _, id := range node.requestIDs() {
+		if seen[id] {
+			t.Fatalf("request id %s sent twice", id)
+		}
+		seen[id] = true
+	}
+	batched := 0
+	for _, k := range node.batchSizes() {
+		batched += k
+	}
+	if batched < 10 {
+		t.Fatalf("only %d of 20 concurrent writes went in batches (%v)", batched, node.batchSizes())
+	}
+}
+
+// TestBatchRefusedWholeFailsOver: a node that answers a batch as a whole
+// with UNAVAILABLE sends each write on to the next node, as a single write
+// would go.
+func TestBatchRefusedWholeFailsOver(t *testing.T) {
+	if !inChild(t) {
+		return
+	}
+	down := startFakeNode(t, "unavailable-slow")
+	good := startFakeNode(t, "good")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := dial(t, []string{down.addr, good.addr})
+	for i, err := range createConcurrently(ctx, c, 10, false) {
+		if err != nil {
+			t.Errorf("create w%d: %v", i, err)
+		}
+	}
+	if len(down.batchSizes()) == 0 {
+		t.Fatal("no batch reached the unavailable node")
+	}
+	waitFor(t, func() bool { return len(good.requestIDs()) == 10 })
+}
+
+// TestUnencodableWriteIsRefusedAlone: a write protobuf cannot encode
+// fails at once with INVALID_ARGUMENT and is never sent.
+func TestUnencodableWriteIsRefusedAlone(t *testing.T) {
+	if !inChild(t) {
+		return
+	}
+	node := startFakeNode(t, "good")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := dial(t, []string{node.addr})
+	_, err := c.CreateVM(ctx, &blixardpb.VmSpec{Name: "bad-\xff"}, true)
+	if !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("create with invalid UTF-8: %v, want ErrInvalidArgument", err)
+	}
+	if _, err := c.CreateVM(ctx, &blixardpb.VmSpec{Name: "fine"}, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(node.requestIDs()) == 1 })
 }

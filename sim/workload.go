@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	bxclient "github.com/blixard/blixard/client"
 	"github.com/blixard/blixard/proto/blixardpb"
 )
 
@@ -87,7 +88,9 @@ func (cl *client) run(ctx context.Context, ops int) {
 		first := uint64(cl.rng.IntN(len(cl.c.nodes))) + 1
 		target := uint64(cl.rng.IntN(len(cl.c.nodes) + 1)) // 0: let the cluster choose
 		reqID := fmt.Sprintf("sim-%d-c%d-%d", cl.seed, cl.id, i)
-		cl.do(ctx, in, reqID, first, target)
+		// Every other write goes as a batch of one: the api's batch path
+		// and Batch entries are exercised next to the plain ones.
+		cl.do(ctx, in, reqID, first, target, i%2 == 1)
 	}
 }
 
@@ -111,13 +114,26 @@ func (cl *client) request(in opInput, reqID string, target uint64) proto.Message
 // do performs one operation with retries on other nodes (same request
 // id) and records it. A read without an answer is not recorded (it had
 // no effect); a write without one is recorded as unknown.
-func (cl *client) do(ctx context.Context, in opInput, reqID string, first, target uint64) {
+func (cl *client) do(ctx context.Context, in opInput, reqID string, first, target uint64, batch bool) {
 	msg := cl.request(in, reqID, target)
+	if w, ok := bxclient.AsVMWrite(msg); ok && batch {
+		msg = &blixardpb.VmWriteBatchRequest{Writes: []*blixardpb.VmWrite{w}}
+	}
 	o := Op{Client: cl.id, In: in, Call: cl.h.now()}
 	node := first
 	for attempt := 1; attempt <= maxAttempts && ctx.Err() == nil; attempt++ {
 		o.Attempts, o.Node = attempt, node
 		resp, err := cl.c.request(ctx, node, msg)
+		if br, ok := resp.(*blixardpb.VmWriteBatchResponse); ok && err == nil {
+			resp = &blixardpb.VmResponse{Error: br.GetError()}
+			if br.GetError() == nil {
+				resp = &blixardpb.VmResponse{Error: &blixardpb.Error{Code: blixardpb.Code_INTERNAL,
+					Message: fmt.Sprintf("%d responses to a batch of one write", len(br.GetResponses()))}}
+				if len(br.GetResponses()) == 1 {
+					resp = br.GetResponses()[0]
+				}
+			}
+		}
 		if err == nil {
 			e := respError(resp)
 			if e.GetCode() != blixardpb.Code_UNAVAILABLE && e.GetCode() != blixardpb.Code_DEADLINE_EXCEEDED {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/blixard/blixard/client"
 	"github.com/blixard/blixard/cmd/blixard/internal/benchsuite"
 )
 
@@ -85,6 +86,7 @@ is given.`,
 		duration time.Duration
 		memory   uint64
 		prefix   string
+		batches  int
 	)
 	commit := &cobra.Command{
 		Use:   "commit",
@@ -109,7 +111,7 @@ flight. The commit suite of "blixard bench" runs it as its load generator.`,
 				return usagef("invalid --duration %s: must be positive", duration)
 			}
 			ctx := cmd.Context()
-			c, err := a.dial(ctx)
+			c, err := a.dial(ctx, client.WithWriteBatching(batches))
 			if err != nil {
 				return err
 			}
@@ -141,6 +143,7 @@ flight. The commit suite of "blixard bench" runs it as its load generator.`,
 	f.DurationVar(&duration, "duration", 10*time.Second, "how long each level runs")
 	f.Uint64Var(&memory, "memory", 64, "memory (MiB) of each benchmark VM")
 	f.StringVar(&prefix, "prefix", "bench", "name prefix of the benchmark VMs")
+	f.IntVar(&batches, "batches", client.DefaultBatchesInFlight, "write batches the client keeps in flight per node (0: every write sent alone)")
 	b.AddCommand(commit)
 	return b
 }

@@ -141,7 +141,7 @@ func exactArgs(names ...string) cobra.PositionalArgs {
 }
 
 // dial connects to the nodes of --addr.
-func (a *app) dial(ctx context.Context) (*client.Client, error) {
+func (a *app) dial(ctx context.Context, opts ...client.Option) (*client.Client, error) {
 	var addrs []string
 	for _, s := range strings.Split(a.addr, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -156,7 +156,7 @@ func (a *app) dial(ctx context.Context) (*client.Client, error) {
 			return nil, &usageError{err: fmt.Errorf("invalid --addr: %w", err)}
 		}
 	}
-	return client.Dial(ctx, addrs, client.WithStaleReads(a.stale))
+	return client.Dial(ctx, addrs, append([]client.Option{client.WithStaleReads(a.stale)}, opts...)...)
 }
 
 // withClient runs fn with a client and a request deadline.
