@@ -124,9 +124,14 @@ func (b *batcher) do(ctx context.Context, req proto.Message, timeout time.Durati
 		b.queue = append(b.queue, p)
 		b.mu.Unlock()
 	}
+	// The attempt's own deadline holds while it waits in the queue too.
+	t := time.NewTimer(timeout)
+	defer t.Stop()
 	select {
 	case r := <-p.done:
 		return r.res, r.err
+	case <-t.C:
+		return nil, &errTransport{addr: b.addr, err: errors.New("no answer (timeout)")}
 	case <-ctx.Done():
 		return nil, &errTransport{addr: b.addr, err: ctx.Err()}
 	}

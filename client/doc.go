@@ -33,5 +33,14 @@
 // paused or wedged node (whose kernel still accepts connections) costs 2 s
 // rather than the attempt timeout.
 //
+// Write batching: VM writes (create, start, stop, delete, migrate) that
+// callers make while an earlier write to the same node is still
+// outstanding are sent together, as one VmWriteBatchRequest, when it is
+// answered; the node commits them in one Raft entry. A write made when
+// nothing is outstanding goes at once, alone. Each write in a batch keeps
+// its own request id, result and retries, so batching changes neither
+// what a call returns nor the at-most-once guarantee; it only lets many
+// concurrent callers share Raft rounds. WithWriteBatching(0) turns it off.
+//
 // Reads are linearizable unless the client was dialled WithStaleReads.
 package client

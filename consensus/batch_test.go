@@ -192,3 +192,67 @@ func TestReplicaProposeBatch(t *testing.T) {
 		t.Fatal("an oversized batch was proposed")
 	}
 }
+
+// TestBatchResultDecoder: the batch result decoder agrees with
+// proto.Unmarshal on encoded batch results and on mangled copies, and
+// reports a batch refused whole as an error.
+func TestBatchResultDecoder(t *testing.T) {
+	r := rand.New(rand.NewSource(5))
+	s := NewState()
+	m := &raftSM{replicaID: 1, state: s}
+	fast := 0
+	for idx := uint64(1); idx <= 200; idx++ {
+		cmds := make([]*blixardpb.Command, r.Intn(6))
+		for i := range cmds {
+			cmds[i] = randomCommand(r, s)
+		}
+		data, err := proto.Marshal(batchCmd(cmds...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := m.Update(sm.Entry{Index: idx, Cmd: append(encodeEntry(1), data...)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := 0; k < 10; k++ {
+			in := out.Data
+			if k > 0 && len(in) > 0 {
+				in = bytes.Clone(in)
+				if k%3 == 0 {
+					in = in[:r.Intn(len(in))]
+				} else {
+					in[r.Intn(len(in))] = byte(r.Intn(256))
+				}
+			}
+			got, err := decodeBatchResult(in)
+			var want blixardpb.Result
+			werr := proto.Unmarshal(in, &want)
+			switch {
+			case k == 0 && err != nil:
+				t.Fatalf("entry %d: %v", idx, err)
+			case err != nil:
+				continue
+			case werr != nil:
+				t.Fatalf("entry %d: decoded %x that proto.Unmarshal refuses (%v)", idx, in, werr)
+			case len(got) != len(want.GetBatch()):
+				t.Fatalf("entry %d: %d results, proto.Unmarshal %d", idx, len(got), len(want.GetBatch()))
+			}
+			for i := range got {
+				if !proto.Equal(got[i], want.GetBatch()[i]) {
+					t.Fatalf("entry %d result %d:\n got %v\nwant %v", idx, i, got[i], want.GetBatch()[i])
+				}
+			}
+			fast++
+		}
+	}
+	if fast < 200 {
+		t.Fatalf("only %d decodes", fast)
+	}
+	refused, err := proto.Marshal(&blixardpb.Result{Error: &blixardpb.Error{Code: blixardpb.Code_INVALID_ARGUMENT, Message: "no"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := decodeBatchResult(refused); err == nil || !strings.Contains(err.Error(), "refused: no") {
+		t.Fatalf("refused batch: %v", err)
+	}
+}

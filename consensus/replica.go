@@ -426,17 +426,18 @@ func (r *Replica) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) (
 	}
 	data := protowire.AppendTag(encodeEntry(r.cfg.ReplicaID), batchField, protowire.BytesType)
 	data = protowire.AppendBytes(data, batch)
-	out, err := r.commit(ctx, data, ids)
+	res, err := r.propose(ctx, data, ids)
 	if err != nil {
 		return nil, err
 	}
-	if out.GetError().GetCode() != blixardpb.Code_OK {
-		return nil, fmt.Errorf("batch refused: %s", out.GetError().GetMessage())
+	out, err := decodeBatchResult(res)
+	if err != nil {
+		return nil, fmt.Errorf("decoding batch result: %w", err)
 	}
-	if len(out.GetBatch()) != len(cmds) {
-		return nil, fmt.Errorf("batch of %d commands returned %d results", len(cmds), len(out.GetBatch()))
+	if len(out) != len(cmds) {
+		return nil, fmt.Errorf("batch of %d commands returned %d results", len(cmds), len(out))
 	}
-	return out.GetBatch(), nil
+	return out, nil
 }
 
 // batchField is the number of Command.batch.
@@ -445,6 +446,19 @@ const batchField = 22
 // commit proposes an encoded entry and returns its decoded Result. With
 // reissue set the entry carries request ids and may be proposed again.
 func (r *Replica) commit(ctx context.Context, data []byte, reissue bool) (*blixardpb.Result, error) {
+	res, err := r.propose(ctx, data, reissue)
+	if err != nil {
+		return nil, err
+	}
+	out, err := decodeResult(res)
+	if err != nil {
+		return nil, fmt.Errorf("decoding result: %w", err)
+	}
+	return out, nil
+}
+
+// propose proposes an encoded entry and returns the encoded Result.
+func (r *Replica) propose(ctx context.Context, data []byte, reissue bool) ([]byte, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	var every time.Duration // never: a second copy could apply twice
@@ -463,11 +477,7 @@ func (r *Replica) commit(ctx context.Context, data []byte, reissue bool) (*blixa
 		return nil, raftUnavailable("proposal", err)
 	}
 	rs.Release()
-	out, err := decodeResult(res.Data)
-	if err != nil {
-		return nil, fmt.Errorf("decoding result: %w", err)
-	}
-	return out, nil
+	return res.Data, nil
 }
 
 // Read runs fn against the local state. Unless stale is set it first

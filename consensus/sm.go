@@ -167,6 +167,46 @@ func decodeResult(data []byte) (*blixardpb.Result, error) {
 	return out, nil
 }
 
+// decodeBatchResult decodes the Result of a Batch entry into its
+// commands' results, each through decodeResult's fast path. A batch the
+// state machine refused whole (its error code set) is an error.
+func decodeBatchResult(data []byte) ([]*blixardpb.Result, error) {
+	slow := func() ([]*blixardpb.Result, error) {
+		var res blixardpb.Result
+		if err := proto.Unmarshal(data, &res); err != nil {
+			return nil, err
+		}
+		if res.GetError().GetCode() != blixardpb.Code_OK {
+			return nil, fmt.Errorf("batch refused: %s", res.GetError().GetMessage())
+		}
+		return res.GetBatch(), nil
+	}
+	var out []*blixardpb.Result
+	for b := data; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType || (num != 1 && num != 4) {
+			return slow()
+		}
+		v, m := protowire.ConsumeBytes(b[n:])
+		if m < 0 {
+			return slow()
+		}
+		b = b[n+m:]
+		if num == 1 {
+			if len(v) != 0 { // an error code or message: the batch was refused
+				return slow()
+			}
+			continue
+		}
+		r, err := decodeResult(v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 // wireReader reads protobuf fields; strings are substrings of str, a
 // single copy of the whole input. ok turns false on anything the fast
 // path does not handle, and stays false.

@@ -71,7 +71,7 @@ func (e *env) commitDuration() time.Duration {
 func runCommit(ctx context.Context, e *env) ([]Table, error) {
 	d := e.commitDuration()
 	levels := CommitLevels
-	bl, blNote, err := commitBlixard(ctx, e, levels, d)
+	bl, unbatched, blNote, err := commitBlixard(ctx, e, levels, d)
 	if err != nil {
 		return nil, fmt.Errorf("blixard: %w", err)
 	}
@@ -137,10 +137,27 @@ func runCommit(ctx context.Context, e *env) ([]Table, error) {
 	t.Notes = append(t.Notes, fmt.Sprintf(
 		"Each level runs %s per system. blixard: 3 `blixard run --driver fake` processes on loopback, one load-generator "+
 			"process (`blixard bench commit`, the Go client) addressing the leader's api; every VM create and every delete is "+
-			"one commit. raw: 3 dragonboat NodeHosts in the harness process with blixard's NodeHost and shard settings, a "+
-			"counter state machine, SyncPropose on the leader of %d-byte payloads (the command blixard commits for a create). "+
-			"etcd: 3 members on loopback, puts of the same bytes through go.etcd.io/etcd/client/v3 on the leader's endpoint. "+
-			"Latencies are per commit.", d, len(commitPayload(255, 99999))))
+			"committed through Raft before it is acknowledged. The client sends the writes its callers make while one batch "+
+			"is outstanding as one request, which the leader commits as one Raft entry (group commit; each write keeps its "+
+			"own request id and result). raw: 3 dragonboat NodeHosts in the harness process with blixard's NodeHost and shard "+
+			"settings, a counter state machine, SyncPropose on the leader of %d-byte payloads (the command blixard commits "+
+			"for a create), one entry per operation. etcd: 3 members on loopback, puts of the same bytes through "+
+			"go.etcd.io/etcd/client/v3 on the leader's endpoint. Latencies are per operation.", d, len(commitPayload(255, 99999))))
+	t.Notes = append(t.Notes, "", "blixard with client batching off (`bench commit --batches 0`: every write its own request and Raft entry), "+
+		"same cluster, same run; and how many writes the batched run committed per Raft entry:", "",
+		"| concurrency | unbatched ops/s | p50 | p99 | unbatched/raw | unbatched/etcd | batched: writes per entry |",
+		"|---|---|---|---|---|---|---|")
+	for _, n := range levels {
+		u, b, r, x := byLevel(unbatched, n), byLevel(bl, n), byLevel(raw, n), byLevel(et, n)
+		_, ur := ratio(u, r)
+		_, ux := ratio(u, x)
+		per := "—"
+		if b != nil && b.Entries > 0 {
+			per = fmt.Sprintf("%.1f", float64(b.Ops)/float64(b.Entries))
+		}
+		row := append([]string{fmt.Sprint(n)}, cells(u)...)
+		t.Notes = append(t.Notes, "| "+strings.Join(append(row, ur, ux, per), " | ")+" |")
+	}
 	t.Notes = append(t.Notes, "", "CPU per commit (µs; the machine has 2 cores for everything):", "",
 		"| concurrency | blixard nodes | blixard load generator | raw (cluster + proposers) | etcd members | etcd client |",
 		"|---|---|---|---|---|---|")
@@ -182,17 +199,17 @@ func fmtMs(v float64) string {
 }
 
 // commitBlixard runs the load generator as a child process against a
-// fresh 3-node cluster.
-func commitBlixard(ctx context.Context, e *env, levels []int, d time.Duration) ([]LoadResult, string, error) {
+// fresh 3-node cluster, batched (the client's default) and unbatched.
+func commitBlixard(ctx context.Context, e *env, levels []int, d time.Duration) (batched, unbatched []LoadResult, _ string, _ error) {
 	e.log("commit: starting 3 blixard nodes")
 	c, err := startFakeCluster(ctx, e, "commit", 3)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	defer c.stop()
 	ld, err := c.leader(ctx)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	addrs := append([]string{ld.api}, c.apis(ld)...)
 	e.log("commit: load generator against leader node %d, %s per level", ld.id, d)
@@ -200,17 +217,38 @@ func commitBlixard(ctx context.Context, e *env, levels []int, d time.Duration) (
 	for _, nd := range c.nodes {
 		pids = append(pids, nd.p.cmd.Process.Pid)
 	}
-	var rs []LoadResult
-	for _, n := range levels {
+	applied := func() uint64 {
+		st, err := c.status(ctx, ld.api)
+		if err != nil {
+			return 0
+		}
+		return st.GetAppliedIndex()
+	}
+	run := func(n, batches int) (LoadResult, error) {
 		m := startCPU(pids...)
 		child0 := childrenCPU()
-		r, err := loadgen(ctx, e, addrs, n, d)
+		a0 := applied()
+		r, err := loadgen(ctx, e, addrs, n, d, batches)
 		if err != nil {
-			return nil, "", err
+			return r, err
+		}
+		if a1 := applied(); a0 > 0 && a1 > a0 {
+			r.Entries = a1 - a0
 		}
 		r.setCPU(m.used(), childrenCPU()-child0)
-		e.log("commit: blixard %d: %.0f ops/s p50 %s p99 %s errors %d", n, r.OpsPerSec, fmtMs(r.P50Ms), fmtMs(r.P99Ms), r.Errors)
-		rs = append(rs, r)
+		e.log("commit: blixard %d (batches %d): %.0f ops/s p50 %s p99 %s errors %d, %d entries", n, batches, r.OpsPerSec, fmtMs(r.P50Ms), fmtMs(r.P99Ms), r.Errors, r.Entries)
+		return r, nil
+	}
+	for _, n := range levels {
+		r, err := run(n, client.DefaultBatchesInFlight)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		batched = append(batched, r)
+		if r, err = run(n, 0); err != nil {
+			return nil, nil, "", err
+		}
+		unbatched = append(unbatched, r)
 	}
 	note := ""
 	if !e.quick() {
@@ -226,7 +264,7 @@ func commitBlixard(ctx context.Context, e *env, levels []int, d time.Duration) (
 			p, err := profileProcess(ctx, ld.p.cmd.Process.Pid, c.dir)
 			ch <- res{p, err}
 		}()
-		_, lerr := loadgen(ctx, e, addrs, 64, ProfileSeconds*time.Second+time.Second)
+		_, lerr := loadgen(ctx, e, addrs, 64, ProfileSeconds*time.Second+time.Second, client.DefaultBatchesInFlight)
 		pr := <-ch
 		if lerr == nil {
 			lerr = pr.err
@@ -242,14 +280,15 @@ func commitBlixard(ctx context.Context, e *env, levels []int, d time.Duration) (
 				ProfileSeconds, strings.Join(flat, "\n"), strings.Join(cum, "\n"))
 		}
 	}
-	return rs, note, nil
+	return batched, unbatched, note, nil
 }
 
 // loadgen runs `blixard bench commit` at concurrency n for d against
-// addrs (in order) and returns its result.
-func loadgen(ctx context.Context, e *env, addrs []string, n int, d time.Duration) (LoadResult, error) {
+// addrs (in order), with the client keeping batches write batches in
+// flight (0: none), and returns its result.
+func loadgen(ctx context.Context, e *env, addrs []string, n int, d time.Duration, batches int) (LoadResult, error) {
 	cmd := exec.CommandContext(ctx, e.cfg.Bin, "--addr", strings.Join(addrs, ","), "-o", "json",
-		"bench", "commit", "--concurrency", fmt.Sprint(n), "--duration", d.String())
+		"bench", "commit", "--concurrency", fmt.Sprint(n), "--duration", d.String(), "--batches", fmt.Sprint(batches))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -21,6 +21,9 @@ type LoadResult struct {
 	// proposers) and of the load generator. Filled by the commit suite.
 	ServerCPUUs float64 `json:"-"`
 	ClientCPUUs float64 `json:"-"`
+	// Entries is how far the blixard cluster's applied index moved during
+	// the level (Raft entries, the nodes' own few heartbeats included).
+	Entries uint64 `json:"-"`
 }
 
 // setCPU records server and client CPU time per operation.
