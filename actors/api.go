@@ -44,6 +44,9 @@ type RaftInfo interface {
 	AppliedIndex() uint64
 	// Membership returns the Raft membership (a linearizable read).
 	Membership(ctx context.Context) (consensus.Membership, error)
+	// LocalVoters returns the voters as this replica last applied them,
+	// without asking the leader (ok false when not known).
+	LocalVoters() (voters map[uint64]string, ok bool)
 }
 
 // LogReader reads a local VM's console log with the semantics of
@@ -630,13 +633,17 @@ func (a *apiActor) clusterStatus(ctx context.Context, stale bool) *blixardpb.Clu
 	if leader, term, ok := a.cfg.Raft.LeaderID(); ok {
 		out.LeaderId, out.Term = leader, term
 	}
-	mctx, cancel := context.WithTimeout(ctx, a.cfg.ProposeTimeout)
-	defer cancel()
-	var voters map[uint64]string
-	if m, err := a.cfg.Raft.Membership(mctx); err == nil {
+	// A stale status takes the local view of the voters: it must answer
+	// at once while there is no leader (clients probe nodes with it).
+	voters, _ := a.cfg.Raft.LocalVoters()
+	if !stale {
+		mctx, cancel := context.WithTimeout(ctx, a.cfg.ProposeTimeout)
+		defer cancel()
+		m, err := a.cfg.Raft.Membership(mctx)
+		if err != nil {
+			return &blixardpb.ClusterStatusResponse{Error: a.unavailableErr(ctx, err)}
+		}
 		voters = m.Voters
-	} else if !stale {
-		return &blixardpb.ClusterStatusResponse{Error: a.unavailableErr(ctx, err)}
 	}
 	var gossip map[uint64]string
 	if a.cfg.GossipStatus != nil {

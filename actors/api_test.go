@@ -321,6 +321,36 @@ func (fakeRaft) Membership(context.Context) (consensus.Membership, error) {
 	return consensus.Membership{Voters: map[uint64]string{1: "a", 2: "b"}}, nil
 }
 
+func (fakeRaft) LocalVoters() (map[uint64]string, bool) {
+	return map[uint64]string{1: "a", 2: "b"}, true
+}
+
+// leaderlessRaft has no leader: a membership read waits until its
+// context ends, as the real one does without a quorum.
+type leaderlessRaft struct{ fakeRaft }
+
+func (leaderlessRaft) LeaderID() (uint64, uint64, bool) { return 0, 0, false }
+func (leaderlessRaft) Membership(ctx context.Context) (consensus.Membership, error) {
+	<-ctx.Done()
+	return consensus.Membership{}, fmt.Errorf("%w: no leader", consensus.ErrUnavailable)
+}
+
+// TestAPIStaleClusterStatusWithoutLeader: the stale status that clients
+// probe nodes with answers at once, with the locally known voters, while
+// there is no leader; the linearizable one reports the lost quorum.
+func TestAPIStaleClusterStatusWithoutLeader(t *testing.T) {
+	e := newAPIEnv(t, actors.APIConfig{Raft: leaderlessRaft{}, ProposeTimeout: time.Minute})
+	st := e.ask(&blixardpb.ClusterStatusRequest{Stale: true}).(*blixardpb.ClusterStatusResponse)
+	if st.GetError().GetCode() != blixardpb.Code_OK || st.GetLeaderId() != 0 || len(st.GetNodes()) != 2 || !st.GetNodes()[0].GetVoter() {
+		t.Fatalf("stale status without a leader: %v", st)
+	}
+	e2 := newAPIEnv(t, actors.APIConfig{Raft: leaderlessRaft{}, ProposeTimeout: 200 * time.Millisecond})
+	st = e2.ask(&blixardpb.ClusterStatusRequest{}).(*blixardpb.ClusterStatusResponse)
+	if st.GetError().GetCode() != blixardpb.Code_UNAVAILABLE {
+		t.Fatalf("linearizable status without a leader: %v, want UNAVAILABLE", st)
+	}
+}
+
 func TestAPIClusterStatus(t *testing.T) {
 	e := newAPIEnv(t, actors.APIConfig{Raft: fakeRaft{}})
 	e.ask(&blixardpb.CreateVmRequest{RequestId: "a", Spec: &blixardpb.VmSpec{Name: "web", Vcpus: 2, MemoryMb: 512, NodeId: 1}})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -670,6 +671,27 @@ type Membership struct {
 	// Removed lists, sorted, the ids that were removed; they can never
 	// rejoin under the same id.
 	Removed []uint64
+}
+
+// LocalVoters returns the voters (id → Raft address) as this replica
+// last applied them, without a round trip to the leader; ok is false
+// before the replica has applied its membership, and after Close. Stale
+// status requests use it, because they must be answered while the
+// cluster has no leader.
+func (r *Replica) LocalVoters() (voters map[uint64]string, ok bool) {
+	_ = r.withNH(func(nh *dragonboat.NodeHost) error {
+		info := nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+		if info == nil {
+			return dragonboat.ErrClosed
+		}
+		for _, s := range info.ShardInfoList {
+			if s.ShardID == r.cfg.ShardID && !s.Pending && s.Replicas != nil {
+				voters = maps.Clone(s.Replicas)
+			}
+		}
+		return nil
+	})
+	return voters, voters != nil
 }
 
 // Membership returns the current membership through a linearizable read.

@@ -584,3 +584,25 @@ func TestProposeAppendsTimeField(t *testing.T) {
 		t.Fatalf("decoded %v, want %v", &got, cmd)
 	}
 }
+
+// TestReplicaLocalVoters: the local view of the voters needs no leader
+// round trip and matches the linearizable membership; after Close it is
+// not known.
+func TestReplicaLocalVoters(t *testing.T) {
+	verifyNoLeaks(t)
+	r := startSingle(t, ReplicaConfig{})
+	m, err := r.Membership(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := r.LocalVoters()
+	if !ok || len(got) != 1 || got[r.ID()] != m.Voters[r.ID()] {
+		t.Fatalf("local voters %v (%v), want %v", got, ok, m.Voters)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := r.LocalVoters(); ok {
+		t.Fatalf("local voters after Close: %v", got)
+	}
+}
