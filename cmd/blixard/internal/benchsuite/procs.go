@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -18,23 +19,43 @@ import (
 	"github.com/blixard/blixard/proto/blixardpb"
 )
 
-// freeAddrs returns n loopback addresses whose ports were free a moment
-// ago.
+// Ports freeAddrs hands out: below Linux's ephemeral range (32768 and
+// up), so an outgoing connection (a client, a Raft or gossip peer) cannot
+// be given one between the check and the listen of the process it is
+// for; the harness's earlier choice, a port the kernel picked, could be.
+const (
+	portLow  = 20000
+	portHigh = 32000
+)
+
+// freeAddrs returns n loopback addresses whose ports (TCP and UDP: gossip
+// uses both) were free a moment ago, from a random start in
+// [portLow, portHigh).
 func freeAddrs(n int) ([]string, error) {
-	var ls []net.Listener
+	var held []io.Closer
 	defer func() {
-		for _, l := range ls {
-			l.Close()
+		for _, c := range held {
+			c.Close()
 		}
 	}()
 	var addrs []string
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	start := rand.IntN(portHigh - portLow)
+	for i := 0; i < portHigh-portLow && len(addrs) < n; i++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", portLow+(start+i)%(portHigh-portLow))
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, err
+			continue
 		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			l.Close()
+			continue
+		}
+		held = append(held, l, u)
+		addrs = append(addrs, addr)
+	}
+	if len(addrs) < n {
+		return nil, fmt.Errorf("only %d free loopback ports in [%d, %d), need %d", len(addrs), portLow, portHigh, n)
 	}
 	return addrs, nil
 }
