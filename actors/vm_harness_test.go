@@ -81,22 +81,23 @@ type countingReplica struct {
 	r Replica
 }
 
-func (r countingReplica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, error) {
+// count records cmd when it is a status report.
+func (r countingReplica) count(cmd *blixardpb.Command) {
 	if rep := cmd.GetReportVmStatus(); rep != nil {
 		r.c.mu.Lock()
 		r.c.proposals[rep.GetName()]++
 		r.c.mu.Unlock()
 	}
+}
+
+func (r countingReplica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, error) {
+	r.count(cmd)
 	return r.r.Propose(ctx, cmd)
 }
 
 func (r countingReplica) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) ([]*blixardpb.Result, error) {
 	for _, c := range cmds {
-		if rep := c.GetReportVmStatus(); rep != nil {
-			r.c.mu.Lock()
-			r.c.proposals[rep.GetName()]++
-			r.c.mu.Unlock()
-		}
+		r.count(c)
 	}
 	return r.r.ProposeBatch(ctx, cmds)
 }

@@ -385,7 +385,15 @@ func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixard
 	if cmd.GetTimeUnixMs() == 0 {
 		data = appendTime(data, time.Now().UnixMilli())
 	}
-	return r.commit(ctx, data, cmd.GetRequestId() != "")
+	res, err := r.propose(ctx, data, cmd.GetRequestId() != "")
+	if err != nil {
+		return nil, err
+	}
+	out, err := decodeResult(res)
+	if err != nil {
+		return nil, fmt.Errorf("decoding result: %w", err)
+	}
+	return out, nil
 }
 
 // MaxBatch is the most commands ProposeBatch takes in one entry.
@@ -444,21 +452,8 @@ func (r *Replica) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) (
 // batchField is the number of Command.batch.
 const batchField = 22
 
-// commit proposes an encoded entry and returns its decoded Result. With
+// propose proposes an encoded entry and returns the encoded Result. With
 // reissue set the entry carries request ids and may be proposed again.
-func (r *Replica) commit(ctx context.Context, data []byte, reissue bool) (*blixardpb.Result, error) {
-	res, err := r.propose(ctx, data, reissue)
-	if err != nil {
-		return nil, err
-	}
-	out, err := decodeResult(res)
-	if err != nil {
-		return nil, fmt.Errorf("decoding result: %w", err)
-	}
-	return out, nil
-}
-
-// propose proposes an encoded entry and returns the encoded Result.
 func (r *Replica) propose(ctx context.Context, data []byte, reissue bool) ([]byte, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
@@ -680,13 +675,11 @@ type Membership struct {
 // cluster has no leader.
 func (r *Replica) LocalVoters() (voters map[uint64]string, ok bool) {
 	_ = r.withNH(func(nh *dragonboat.NodeHost) error {
-		info := nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-		if info == nil {
-			return dragonboat.ErrClosed
-		}
-		for _, s := range info.ShardInfoList {
-			if s.ShardID == r.cfg.ShardID && !s.Pending && s.Replicas != nil {
-				voters = maps.Clone(s.Replicas)
+		if info := nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}); info != nil { // nil: closing
+			for _, s := range info.ShardInfoList {
+				if s.ShardID == r.cfg.ShardID && !s.Pending && s.Replicas != nil {
+					voters = maps.Clone(s.Replicas)
+				}
 			}
 		}
 		return nil

@@ -110,6 +110,9 @@ flight. The commit suite of "blixard bench" runs it as its load generator.`,
 			if duration <= 0 {
 				return usagef("invalid --duration %s: must be positive", duration)
 			}
+			if batches < 0 {
+				return usagef("invalid --batches %d: must be 0 or more", batches)
+			}
 			ctx := cmd.Context()
 			c, err := a.dial(ctx, client.WithWriteBatching(batches))
 			if err != nil {

@@ -18,6 +18,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{[]string{"bench", "--quick", "--write", filepath.Join(t.TempDir(), "missing", "b.md")}, `invalid --write`},
 		{[]string{"bench", "extra"}, `unexpected argument "extra"`},
 		{[]string{"bench", "commit", "--duration", "0s"}, "invalid --duration"},
+		{[]string{"bench", "commit", "--batches", "-1"}, "invalid --batches -1: must be 0 or more"},
 	} {
 		out, errOut, code := runCLI(t, nil, tc.args...)
 		if code != exitUsage || !strings.Contains(errOut, tc.want) || strings.Count(errOut, "\n") != 1 || out != "" {
