@@ -25,8 +25,20 @@ import (
 // One batch in flight measured best (docs/benchmarks.md): on a 3-node
 // cluster each Raft round costs far more than the commands it carries, so
 // fewer, fuller rounds win over overlapping ones.
+//
+// When a batch of several writes is answered, its callers usually write
+// again at once. Sent straight away, the next batch would carry only the
+// writes that queued meanwhile, and the answered callers would form the
+// batch after it: the callers would split into two groups taking turns,
+// each batch half full and twice the Raft rounds. So the batcher lingers
+// before the next batch, until as many writes wait as were just answered
+// plus those that waited already, or until no write has come for
+// DefaultLingerGap, or DefaultLingerMax has passed. A write made while
+// nothing is outstanding is never held.
 const (
 	DefaultBatchesInFlight = 1
+	DefaultLingerGap       = 200 * time.Microsecond
+	DefaultLingerMax       = 2 * time.Millisecond
 	// maxBatchWrites bounds one batch (the node refuses more than
 	// consensus.MaxBatch).
 	maxBatchWrites = 512
@@ -37,6 +49,11 @@ const (
 // on its own.
 func WithWriteBatching(n int) Option { return func(o *options) { o.batches = n; o.batchesSet = true } }
 
+// withLinger sets the linger's gap and bound (tests).
+func withLinger(gap, max time.Duration) Option {
+	return func(o *options) { o.lingerGap, o.lingerMax = gap, max }
+}
+
 // batcher coalesces the VM writes to one node.
 type batcher struct {
 	c    *Client
@@ -45,6 +62,13 @@ type batcher struct {
 	mu       sync.Mutex
 	inFlight int
 	queue    []*pendingWrite
+	// want is how many queued writes end a linger (0: not lingering);
+	// full is signalled when the queue reaches it.
+	want int
+	full chan struct{}
+	// arrived counts queued writes, so that a linger sees whether any
+	// came during its last gap.
+	arrived uint64
 }
 
 type pendingWrite struct {
@@ -105,7 +129,7 @@ func (c *Client) batcherFor(addr string) *batcher {
 	defer c.mu.Unlock()
 	b := c.batchers[addr]
 	if b == nil {
-		b = &batcher{c: c, addr: addr}
+		b = &batcher{c: c, addr: addr, full: make(chan struct{}, 1)}
 		c.batchers[addr] = b
 	}
 	return b
@@ -122,6 +146,14 @@ func (b *batcher) do(ctx context.Context, req proto.Message, timeout time.Durati
 		go b.run([]*pendingWrite{p})
 	} else {
 		b.queue = append(b.queue, p)
+		b.arrived++
+		if b.want > 0 && len(b.queue) >= b.want {
+			b.want = 0
+			select {
+			case b.full <- struct{}{}:
+			default:
+			}
+		}
 		b.mu.Unlock()
 	}
 	// The attempt's own deadline holds while it waits in the queue too.
@@ -137,12 +169,18 @@ func (b *batcher) do(ctx context.Context, req proto.Message, timeout time.Durati
 	}
 }
 
-// run sends batch, then whatever queued meanwhile, until the queue is
-// empty.
+// run sends batch, then whatever queued meanwhile (after the linger),
+// until nothing more comes.
 func (b *batcher) run(batch []*pendingWrite) {
+	tick := time.NewTimer(time.Hour)
+	tick.Stop()
+	defer tick.Stop()
 	for {
 		b.send(batch)
 		b.mu.Lock()
+		if len(batch) > 1 {
+			b.linger(len(batch)+len(b.queue), tick)
+		}
 		if len(b.queue) == 0 {
 			b.inFlight--
 			b.mu.Unlock()
@@ -153,6 +191,38 @@ func (b *batcher) run(batch []*pendingWrite) {
 		copy(batch, b.queue)
 		b.queue = append(b.queue[:0], b.queue[n:]...)
 		b.mu.Unlock()
+	}
+}
+
+// linger waits, with b.mu held on entry and on return, until want writes
+// are queued, a gap passes with no write queued, or the linger's bound.
+func (b *batcher) linger(want int, tick *time.Timer) {
+	gap, bound := b.c.opts.lingerGap, b.c.opts.lingerMax
+	if len(b.queue) >= want || gap <= 0 {
+		return
+	}
+	end := time.Now().Add(bound)
+	b.want = want
+	for {
+		seen := b.arrived
+		b.mu.Unlock()
+		tick.Reset(min(gap, time.Until(end)))
+		full := false
+		select {
+		case <-b.full:
+			full = true
+		case <-tick.C:
+		}
+		tick.Stop()
+		b.mu.Lock()
+		if full || b.want == 0 || b.arrived == seen || !time.Now().Before(end) {
+			break
+		}
+	}
+	b.want = 0
+	select { // a signal that raced with the tick
+	case <-b.full:
+	default:
 	}
 }
 

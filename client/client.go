@@ -44,6 +44,8 @@ type options struct {
 	logger         *slog.Logger
 	batches        int
 	batchesSet     bool
+	lingerGap      time.Duration
+	lingerMax      time.Duration
 }
 
 // WithBindAddr sets the local host:port the client's remote listens on
@@ -85,7 +87,8 @@ type Client struct {
 // tried in order starting with the first). It starts the local remote but
 // does not contact any node: the first call does.
 func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
-	o := options{attemptTimeout: DefaultAttemptTimeout, retryWindow: DefaultRetryWindow}
+	o := options{attemptTimeout: DefaultAttemptTimeout, retryWindow: DefaultRetryWindow,
+		lingerGap: DefaultLingerGap, lingerMax: DefaultLingerMax}
 	for _, opt := range opts {
 		opt(&o)
 	}

@@ -579,3 +579,46 @@ func TestUnencodableWriteIsRefusedAlone(t *testing.T) {
 	}
 	waitFor(t, func() bool { return len(node.requestIDs()) == 1 })
 }
+
+// TestAnsweredCallersLingerIntoOneBatch: callers that write again as soon
+// as their write is answered go together in one batch; without the
+// linger they would split into two groups sending alternate batches.
+func TestAnsweredCallersLingerIntoOneBatch(t *testing.T) {
+	if !inChild(t) {
+		return
+	}
+	node := startFakeNode(t, "good-slow")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// A gap far longer than a caller takes to write again, so that the
+	// outcome does not depend on the machine's speed.
+	c := dial(t, []string{node.addr}, client.WithLinger(time.Second, 10*time.Second))
+	const workers, rounds = 8, 4
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for r := range rounds {
+				name := fmt.Sprintf("w%d-%d", w, r)
+				if _, err := c.CreateVM(ctx, &blixardpb.VmSpec{Name: name}, true); err != nil {
+					t.Errorf("create %s: %v", name, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(t, func() bool { return len(node.requestIDs()) == workers*rounds })
+	full := 0
+	for _, k := range node.batchSizes() {
+		if k > workers {
+			t.Fatalf("a batch of %d writes from %d callers (%v)", k, workers, node.batchSizes())
+		}
+		if k == workers {
+			full++
+		}
+	}
+	// The first write goes alone and the other seven as a batch; from then
+	// on each round is one batch of all eight.
+	if full < rounds-1 {
+		t.Fatalf("batches %v: want at least %d of all %d callers", node.batchSizes(), rounds-1, workers)
+	}
+}

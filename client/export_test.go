@@ -1,0 +1,4 @@
+package client
+
+// WithLinger sets the batcher's linger gap and bound, for tests.
+var WithLinger = withLinger
