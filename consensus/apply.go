@@ -40,6 +40,10 @@ type effectFilter struct {
 	// results asks for the Results of a batch's commands (the proposer
 	// needs them); without it a batch's outcome carries none.
 	results bool
+	// enc, when set with results, encodes a batch's Results as its
+	// commands are applied (outcome.encoded) instead of materialising
+	// them: the proposer wants only the bytes.
+	enc *vmEncoder
 }
 
 var allEffects = effectFilter{results: true}
@@ -98,7 +102,14 @@ func (s *State) applyBatch(idx uint64, cmd *blixardpb.Command, b *blixardpb.Batc
 		return outcome{err: invalid("a batch carries no request id of its own (its commands do)")}, nil
 	}
 	var out outcome
-	if fx.results {
+	encode := fx.results && fx.enc != nil
+	switch {
+	case encode:
+		// The encoding of result() for the batch: an OK error (an empty
+		// message), then each command's Result as it is applied (a VM's
+		// record is valid only until the next command changes it).
+		out.encoded = appendBytesField(make([]byte, 0, 2+len(b.GetCommands())*160), 1, nil)
+	case fx.results:
 		out.batch = make([]*blixardpb.Result, 0, len(b.GetCommands()))
 	}
 	var effects []Effect
@@ -111,7 +122,13 @@ func (s *State) applyBatch(idx uint64, cmd *blixardpb.Command, b *blixardpb.Batc
 			o, e = s.apply(idx, c, fx)
 		}
 		effects = append(effects, e...)
-		if fx.results {
+		switch {
+		case encode && out.encErr == nil:
+			sub, err := o.marshal(fx.enc.sub[:0], fx.enc)
+			fx.enc.sub = sub
+			out.encErr = err
+			out.encoded = appendBytesField(out.encoded, 4, sub)
+		case fx.results && !encode:
 			out.batch = append(out.batch, o.result())
 		}
 	}
@@ -133,15 +150,18 @@ func (s *State) applyBytes(idx uint64, data []byte, fx effectFilter) (outcome, [
 // (or neither). vm and node point into the state (valid until the next
 // apply: materialise the Result before that) or into a request-table
 // entry's copy. res is a Result restored from a snapshot's request table.
-// batch holds a batch's results (see applyBatch).
+// batch holds a batch's results, or encoded their encoding (with encErr,
+// the failure to encode one), see applyBatch.
 // Building the proto Result only where a caller needs it (the proposing
 // replica) keeps record copies off the other replicas' apply path.
 type outcome struct {
-	err   *cmdErr
-	vm    *vm
-	node  *node
-	res   *blixardpb.Result
-	batch []*blixardpb.Result
+	err     *cmdErr
+	vm      *vm
+	node    *node
+	res     *blixardpb.Result
+	batch   []*blixardpb.Result
+	encoded []byte
+	encErr  error
 }
 
 func vmOutcome(v *vm) outcome     { return outcome{vm: v} }
@@ -186,6 +206,15 @@ func (o outcome) result() *blixardpb.Result {
 // encoded straight from the domain struct by en; the bytes are those of
 // marshalling result() deterministically.
 func (o outcome) marshal(b []byte, en *vmEncoder) ([]byte, error) {
+	if o.encErr != nil {
+		return nil, o.encErr
+	}
+	if o.encoded != nil {
+		if b == nil {
+			return o.encoded, nil
+		}
+		return append(b, o.encoded...), nil
+	}
 	if o.err != nil || o.res != nil || o.vm == nil || o.node != nil || o.batch != nil {
 		return proto.MarshalOptions{}.MarshalAppend(b, o.result())
 	}

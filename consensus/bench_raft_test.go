@@ -279,43 +279,74 @@ func BenchmarkRaftSMUpdate(b *testing.B) {
 		name     string
 		proposer uint64
 	}{{"proposer", 1}, {"follower", 2}} {
-		b.Run("replica="+as.name, func(b *testing.B) {
-			m := &raftSM{replicaID: 1, state: NewState(), onEffects: func([]Effect) {}}
-			idx := uint64(0)
-			entry := func(cmd *blixardpb.Command) []byte {
-				data, err := proto.MarshalOptions{}.MarshalAppend(encodeEntry(as.proposer), cmd)
-				if err != nil {
-					b.Fatal(err)
-				}
-				return appendTime(data, 1)
+		for _, per := range []int{1, 64} {
+			name := "replica=" + as.name
+			if per > 1 {
+				name += fmt.Sprintf("/batch=%d", per)
 			}
-			apply := func(data []byte) {
-				idx++
-				res, err := m.Update(sm.Entry{Index: idx, Cmd: data})
-				if err != nil {
-					b.Fatal(err)
-				}
-				if res.Value != uint64(blixardpb.Code_OK) {
-					b.Fatalf("entry %d failed with code %d", idx, res.Value)
-				}
+			b.Run(name, func(b *testing.B) { benchRaftSMUpdate(b, as.proposer, per) })
+		}
+	}
+}
+
+// benchRaftSMUpdate applies b.N commands, per to an entry (a Batch when
+// per > 1), to replica 1 with proposer as the entries' proposer.
+func benchRaftSMUpdate(b *testing.B, proposer uint64, per int) {
+	m := &raftSM{replicaID: 1, state: NewState(), onEffects: func([]Effect) {}}
+	idx := uint64(0)
+	entry := func(cmd *blixardpb.Command) []byte {
+		data, err := proto.MarshalOptions{}.MarshalAppend(encodeEntry(proposer), cmd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return appendTime(data, 1)
+	}
+	apply := func(data []byte) {
+		idx++
+		res, err := m.Update(sm.Entry{Index: idx, Cmd: data})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.Value != uint64(blixardpb.Code_OK) {
+			b.Fatalf("entry %d failed with code %d", idx, res.Value)
+		}
+	}
+	apply(entry(&blixardpb.Command{Op: &blixardpb.Command_InitCluster{InitCluster: &blixardpb.InitCluster{
+		Config: &blixardpb.ClusterConfig{Subnet: "10.0.0.0/16"}}}}))
+	for id := uint64(1); id <= 3; id++ {
+		apply(entry(upsertNodeCmd(id)))
+	}
+	// 256 proposers' create/delete pairs, as in the Raft benchmarks; in
+	// batches, the creates of per proposers in one entry and their deletes
+	// in the next.
+	var entries [][]byte
+	if per == 1 {
+		for i := 0; i < b.N; i++ {
+			entries = append(entries, entry(benchCommand(i/2%256, i/512*2+i%2)))
+		}
+	} else {
+		for n := 0; n < b.N; n += per {
+			k := n / per
+			cmds := make([]*blixardpb.Command, per)
+			for j := range cmds {
+				g := k/2*per + j // the create/delete pair's number
+				cmds[j] = benchCommand(g%256, g/256*2+k%2)
 			}
-			apply(entry(&blixardpb.Command{Op: &blixardpb.Command_InitCluster{InitCluster: &blixardpb.InitCluster{
-				Config: &blixardpb.ClusterConfig{Subnet: "10.0.0.0/16"}}}}))
-			for id := uint64(1); id <= 3; id++ {
-				apply(entry(upsertNodeCmd(id)))
-			}
-			// 256 proposers' create/delete pairs, as in the Raft benchmarks.
-			entries := make([][]byte, b.N)
-			for i := range entries {
-				entries[i] = entry(benchCommand(i/2%256, i/512*2+i%2))
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu0 := processCPU()
-			for i := 0; i < b.N; i++ {
-				apply(entries[i])
-			}
-			b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
-		})
+			entries = append(entries, entry(&blixardpb.Command{Op: &blixardpb.Command_Batch{Batch: &blixardpb.Batch{Commands: cmds}}}))
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := processCPU()
+	for _, e := range entries {
+		apply(e)
+	}
+	b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+	b.StopTimer()
+	// Every pair created and deleted its VM: a failed command would leave
+	// one behind or delete nothing (the entries always end on a delete
+	// when b.N is a multiple of 2*per).
+	if b.N%(2*per) == 0 && len(m.state.vms) != 0 {
+		b.Fatalf("%d VMs left: some commands failed", len(m.state.vms))
 	}
 }

@@ -95,6 +95,9 @@ func (m *raftSM) Update(e sm.Entry) (sm.Result, error) {
 	// concern its node, and none without a hook.
 	wantResult := proposer == 0 || proposer == m.replicaID
 	fx := effectFilter{none: m.onEffects == nil, node: m.replicaID, results: wantResult}
+	if wantResult {
+		fx.enc = &m.enc
+	}
 	out, effects := m.state.applyBytes(e.Index, cmd, fx)
 	m.applied.Store(e.Index)
 	var data []byte

@@ -435,6 +435,7 @@ func restoreVM(r *blixardpb.VmRecord) (*vm, error) {
 type vmEncoder struct {
 	spec []byte
 	rec  []byte
+	sub  []byte // one batch command's Result (applyBatch)
 }
 
 // appendResult appends the encoding of Result{Error: {OK}, Vm: v.record()}.
