@@ -107,6 +107,10 @@ func nodeLossTime(ctx context.Context, e *env, vms int) (time.Duration, int, err
 	if had == 0 {
 		return 0, 0, fmt.Errorf("no VM was placed on node %d", victim.id)
 	}
+	// The VMs' start may have raced gossip's convergence on a fresh cluster.
+	if err := c.waitHealthy(ctx, time.Minute); err != nil {
+		return 0, 0, err
+	}
 	t0 := time.Now()
 	victim.p.kill()
 	if err := poll(ctx, 2*time.Minute, "the VMs running elsewhere", func() (bool, error) { return allRunning(victim.id) }); err != nil {
