@@ -55,11 +55,17 @@ func (n *Node) runMembership() {
 	var lead leadership
 	var lastRejoin time.Time
 	rejoining := make(chan struct{}, 1)
+	// due fires when a member's down grace ends, so that the down is
+	// proposed then and not up to a tick later.
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-tick.C:
+		case <-due.C:
 		case <-n.cfg.GossipEvents:
 		}
 		now := time.Now()
@@ -94,7 +100,9 @@ func (n *Node) runMembership() {
 		if lead.fresh {
 			n.log.Info("leading membership: gossip events now drive raft membership and node status", "term", term)
 		}
-		n.leadMembership(g, changer, lead.since, lead.term, lead.seenAlive)
+		if at, ok := n.leadMembership(g, changer, lead.since, lead.term, lead.seenAlive); ok {
+			due.Reset(time.Until(at))
+		}
 	}
 }
 
@@ -163,7 +171,9 @@ func (n *Node) rejoinGossip(g Gossip) {
 	}
 }
 
-func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since time.Time, term uint64, seenAlive map[uint64]uint64) {
+// leadMembership runs one pass of planMembership's actions. It returns
+// when the next member's down grace ends (nextDown), if any.
+func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since time.Time, term uint64, seenAlive map[uint64]uint64) (nextAt time.Time, next bool) {
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
 	rm, err := changer.Membership(ctx)
@@ -180,6 +190,7 @@ func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since tim
 		DownGrace: n.cfg.DownGrace, DeadVoterGrace: n.cfg.DeadVoterGrace, MaxVoters: n.cfg.MaxVoters,
 		Gossip: g.Members(), Raft: rm, Nodes: nodes, SeenAlive: seenAlive,
 	}
+	nextAt, next = nextDown(view)
 	for _, a := range planMembership(view) {
 		if n.ctx.Err() != nil {
 			return
@@ -198,6 +209,7 @@ func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since tim
 			n.log.Info("membership change", "action", a.String(), "why", a.Why)
 		}
 	}
+	return nextAt, next
 }
 
 func (n *Node) doMembershipAction(ctx context.Context, g Gossip, changer raftMembershipChanger, a membershipAction) error {

@@ -226,25 +226,8 @@ func planMembership(v membershipView) []membershipAction {
 			continue
 		}
 		m, ok := seen[id]
-		var goneSince time.Time
-		switch {
-		case !ok:
-			// Gossip may still be converging after a leader change: a
-			// member never seen gets twice the grace.
-			goneSince = v.Since.Add(v.DownGrace)
-		case m.State == membership.StateDead || m.State == membership.StateLeft:
-			// A death this node saw before it led is old news: while it
-			// followed, the member may have come back to the others
-			// (this node's own view can be stale, say after it was cut
-			// off itself). Count as for a member never seen: from one
-			// grace after leading began (the simulator found a new
-			// leader setting down, on its stale view, a node that was
-			// running its VMs with quorum contact).
-			goneSince = m.Since
-			if lead := v.Since.Add(v.DownGrace); lead.After(goneSince) {
-				goneSince = lead
-			}
-		default:
+		goneSince, gone := v.goneSince(m, ok)
+		if !gone {
 			continue
 		}
 		if gone := v.Now.Sub(goneSince); gone >= v.DownGrace {
@@ -253,6 +236,62 @@ func planMembership(v membershipView) []membershipAction {
 		}
 	}
 	return out
+}
+
+// goneSince is when the down grace of a member with a node record
+// started, given its gossip member m (ok: gossip knows it); gone is
+// false for a member alive or suspect in gossip.
+func (v membershipView) goneSince(m membership.Member, ok bool) (since time.Time, gone bool) {
+	switch {
+	case !ok:
+		// Gossip may still be converging after a leader change: a
+		// member never seen gets twice the grace.
+		return v.Since.Add(v.DownGrace), true
+	case m.State == membership.StateDead || m.State == membership.StateLeft:
+		// A death this node saw before it led is old news: while it
+		// followed, the member may have come back to the others (this
+		// node's own view can be stale, say after it was cut off
+		// itself). Count as for a member never seen: from one grace
+		// after leading began (the simulator found a new leader setting
+		// down, on its stale view, a node that was running its VMs with
+		// quorum contact).
+		since := m.Since
+		if lead := v.Since.Add(v.DownGrace); lead.After(since) {
+			since = lead
+		}
+		return since, true
+	}
+	return time.Time{}, false
+}
+
+// nextDown is the earliest time after v.Now at which planMembership
+// would set a member down (its grace ends), if gossip does not change
+// before; ok is false when no member is on its way down. The membership
+// loop runs a pass then, rather than up to a tick later.
+func nextDown(v membershipView) (at time.Time, ok bool) {
+	seen := make(map[uint64]membership.Member, len(v.Gossip))
+	for _, m := range v.Gossip {
+		seen[m.NodeID] = m
+	}
+	for _, r := range v.Nodes {
+		switch r.GetStatus() {
+		case blixardpb.NodeStatus_NODE_STATUS_ALIVE, blixardpb.NodeStatus_NODE_STATUS_SUSPECT, blixardpb.NodeStatus_NODE_STATUS_DRAINING:
+		default:
+			continue
+		}
+		if r.GetId() == v.Self {
+			continue
+		}
+		m, known := seen[r.GetId()]
+		since, gone := v.goneSince(m, known)
+		if !gone {
+			continue
+		}
+		if due := since.Add(v.DownGrace); due.After(v.Now) && (!ok || due.Before(at)) {
+			at, ok = due, true
+		}
+	}
+	return at, ok
 }
 
 // deadVoters are the voters, lowest id first, that may be replaced: not

@@ -202,3 +202,74 @@ func TestPlanMembership(t *testing.T) {
 }
 
 func u64s(x uint64) string { return strconv.FormatUint(x, 10) }
+
+// TestNextDownIsWhenThePlanSetsItDown: nextDown names the instant at
+// which planMembership starts to set a member down, for each way a member
+// can be on its way down, and nothing when none is.
+func TestNextDownIsWhenThePlanSetsItDown(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	grace := 4 * time.Second
+	alive, down := blixardpb.NodeStatus_NODE_STATUS_ALIVE, blixardpb.NodeStatus_NODE_STATUS_DOWN
+	member := func(id uint64, st membership.State, since time.Time) membership.Member {
+		return membership.Member{Meta: membership.Meta{NodeID: id}, State: st, Since: since}
+	}
+	rec := func(id uint64, st blixardpb.NodeStatus) *blixardpb.NodeRecord {
+		return &blixardpb.NodeRecord{Id: id, Status: st}
+	}
+	raft := consensus.Membership{Voters: map[uint64]string{1: "r1", 2: "r2", 3: "r3"}}
+	downs := func(v membershipView) []string {
+		var out []string
+		for _, a := range planMembership(v) {
+			if a.Kind == actSetStatus && a.Status == down {
+				out = append(out, a.String())
+			}
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name string
+		view membershipView
+		want time.Time // zero: no member on its way down
+	}{
+		{"dead since leading began", membershipView{Since: t0, Now: t0.Add(6 * time.Second),
+			Gossip: []membership.Member{member(2, membership.StateDead, t0.Add(5*time.Second)), member(3, membership.StateAlive, t0)}}, t0.Add(9 * time.Second)},
+		{"dead since before leading began", membershipView{Since: t0, Now: t0.Add(time.Second),
+			Gossip: []membership.Member{member(2, membership.StateDead, t0.Add(-time.Minute)), member(3, membership.StateAlive, t0)}}, t0.Add(2 * grace)},
+		// Node 3 has a record but no gossip member: never seen.
+		{"never seen, the earlier of two", membershipView{Since: t0, Now: t0.Add(time.Second),
+			Gossip: []membership.Member{member(2, membership.StateDead, t0.Add(5*time.Second))}}, t0.Add(2 * grace)},
+		{"alive and suspect", membershipView{Since: t0, Now: t0.Add(time.Second),
+			Gossip: []membership.Member{member(2, membership.StateAlive, t0), member(3, membership.StateSuspect, t0)}}, time.Time{}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := c.view
+			v.Self, v.DownGrace, v.Raft = 1, grace, raft
+			v.Gossip = append(v.Gossip, member(1, membership.StateAlive, t0))
+			v.Nodes = []*blixardpb.NodeRecord{rec(1, alive), rec(2, alive), rec(3, alive)}
+			at, ok := nextDown(v)
+			if c.want.IsZero() {
+				if ok {
+					t.Fatalf("nextDown = %v, want none", at)
+				}
+				return
+			}
+			if !ok || !at.Equal(c.want) {
+				t.Fatalf("nextDown = %v, %v; want %v", at, ok, c.want)
+			}
+			before, then := v, v
+			before.Now, then.Now = at.Add(-time.Millisecond), at
+			if d := downs(before); len(d) != 0 {
+				t.Fatalf("set down before nextDown: %v", d)
+			}
+			if d := downs(then); len(d) == 0 {
+				t.Fatal("nothing set down at nextDown")
+			}
+		})
+	}
+	// A member already down is not on its way down.
+	v := membershipView{Self: 1, Since: t0, Now: t0, DownGrace: grace, Raft: raft,
+		Gossip: []membership.Member{member(2, membership.StateDead, t0)}, Nodes: []*blixardpb.NodeRecord{rec(2, down)}}
+	if at, ok := nextDown(v); ok {
+		t.Fatalf("nextDown for a member already down = %v", at)
+	}
+}
