@@ -33,8 +33,9 @@ import (
 // each batch half full and twice the Raft rounds. So the batcher lingers
 // before the next batch, until as many writes wait as were just answered
 // plus those that waited already, or until no write has come for
-// DefaultLingerGap, or DefaultLingerMax has passed. A write made while
-// nothing is outstanding is never held.
+// DefaultLingerGap, or DefaultLingerMax has passed. Only a batch of
+// several writes is followed by a linger: a caller writing alone, one
+// write after another, never waits.
 const (
 	DefaultBatchesInFlight = 1
 	DefaultLingerGap       = 200 * time.Microsecond
