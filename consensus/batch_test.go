@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"math/rand"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -143,7 +145,17 @@ func TestBatchRefusals(t *testing.T) {
 // and proposing the same batch again (a retry) changes nothing.
 func TestReplicaProposeBatch(t *testing.T) {
 	verifyNoLeaks(t)
-	r := startSingle(t, ReplicaConfig{})
+	type proposal struct {
+		n  int
+		ok bool
+	}
+	var mu sync.Mutex
+	var seen []proposal
+	r := startSingle(t, ReplicaConfig{OnProposed: func(n int, d time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, proposal{n, err == nil && d > 0})
+	}})
 	mustPropose(t, r, upsertNodeCmd(1))
 	ctx := context.Background()
 
@@ -190,6 +202,14 @@ func TestReplicaProposeBatch(t *testing.T) {
 	}
 	if _, err := r.ProposeBatch(ctx, make([]*blixardpb.Command, MaxBatch+1)); err == nil {
 		t.Fatal("an oversized batch was proposed")
+	}
+	// OnProposed saw every call: the upsert, two batches of 3, the nested
+	// batch and the oversized one (both failed).
+	mu.Lock()
+	defer mu.Unlock()
+	want := []proposal{{1, true}, {3, true}, {3, true}, {1, false}, {MaxBatch + 1, false}}
+	if !slices.Equal(seen, want) {
+		t.Fatalf("OnProposed saw %v, want %v", seen, want)
 	}
 }
 

@@ -112,6 +112,12 @@ type ReplicaConfig struct {
 	// back into the Replica.
 	OnRestore func()
 
+	// OnProposed, optional, is called after each Propose or ProposeBatch
+	// of this replica with the number of commands, the time from the call
+	// to its decoded results (one Raft round and the apply) and the error.
+	// It must not block (metrics).
+	OnProposed func(commands int, elapsed time.Duration, err error)
+
 	// TransportFactory, when set, replaces dragonboat's TCP transport
 	// (the simulator passes an in-process one that injects faults);
 	// RaftAddr is then whatever address that transport understands.
@@ -377,7 +383,8 @@ func (r *Replica) Close() error {
 // answer (a lost message): the state machine's request table makes the
 // duplicate harmless. Without a request id Propose only waits, since a
 // second copy could apply twice.
-func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, error) {
+func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (res *blixardpb.Result, err error) {
+	defer r.observe(1, time.Now(), &err)
 	data, err := proto.MarshalOptions{}.MarshalAppend(encodeEntry(r.cfg.ReplicaID), cmd)
 	if err != nil {
 		return nil, fmt.Errorf("marshalling command: %w", err)
@@ -385,15 +392,22 @@ func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixard
 	if cmd.GetTimeUnixMs() == 0 {
 		data = appendTime(data, time.Now().UnixMilli())
 	}
-	res, err := r.propose(ctx, data, cmd.GetRequestId() != "")
+	enc, err := r.propose(ctx, data, cmd.GetRequestId() != "")
 	if err != nil {
 		return nil, err
 	}
-	out, err := decodeResult(res)
+	out, err := decodeResult(enc)
 	if err != nil {
 		return nil, fmt.Errorf("decoding result: %w", err)
 	}
 	return out, nil
+}
+
+// observe reports a proposal of n commands begun at start to OnProposed.
+func (r *Replica) observe(n int, start time.Time, err *error) {
+	if r.cfg.OnProposed != nil {
+		r.cfg.OnProposed(n, time.Since(start), *err)
+	}
 }
 
 // MaxBatch is the most commands ProposeBatch takes in one entry.
@@ -406,7 +420,8 @@ const MaxBatch = 1024
 // the same way. The error has Propose's meaning for every command at once;
 // the entry is proposed again (see Propose) only when every command has a
 // request id.
-func (r *Replica) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) ([]*blixardpb.Result, error) {
+func (r *Replica) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) (_ []*blixardpb.Result, err error) {
+	defer r.observe(len(cmds), time.Now(), &err)
 	switch {
 	case len(cmds) == 0:
 		return nil, nil

@@ -24,6 +24,10 @@ type metricsServer struct {
 	srv *http.Server
 	reg *prometheus.Registry
 	log *slog.Logger
+
+	proposeSeconds  *prometheus.HistogramVec
+	proposeCommands prometheus.Histogram
+	proposeFailures prometheus.Counter
 }
 
 func listenMetrics(addr string, log *slog.Logger) (*metricsServer, error) {
@@ -47,7 +51,22 @@ func listenMetrics(addr string, log *slog.Logger) (*metricsServer, error) {
 		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
 		reg: reg,
 		log: log,
+		proposeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "blixard_raft_propose_seconds",
+			Help:    "Time from proposing on this node to the applied results (one Raft round and the apply), for proposals that committed; kind is single or batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 17), // 0.1 ms to 6.6 s
+		}, []string{"kind"}),
+		proposeCommands: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "blixard_raft_propose_commands",
+			Help:    "Commands per proposal made on this node (a batch entry carries several).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11), // 1 to 1024
+		}),
+		proposeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "blixard_raft_propose_failures_total",
+			Help: "Proposals made on this node that failed (no quorum, timeout, closing); their outcome may be unknown.",
+		}),
 	}
+	reg.MustRegister(m.proposeSeconds, m.proposeCommands, m.proposeFailures)
 	go func() {
 		if err := m.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server", "err", err)
@@ -94,6 +113,20 @@ func (m *metricsServer) watchNode(nodeID uint64, node *actors.Node, driver actor
 			return float64(n)
 		}),
 	)
+}
+
+// onProposed is consensus.ReplicaConfig.OnProposed.
+func (m *metricsServer) onProposed(commands int, elapsed time.Duration, err error) {
+	if err != nil {
+		m.proposeFailures.Inc()
+		return
+	}
+	kind := "single"
+	if commands > 1 {
+		kind = "batch"
+	}
+	m.proposeSeconds.WithLabelValues(kind).Observe(elapsed.Seconds())
+	m.proposeCommands.Observe(float64(commands))
 }
 
 func (m *metricsServer) Close() {

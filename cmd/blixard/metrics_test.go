@@ -47,9 +47,12 @@ func TestRunMetricsEndpoint(t *testing.T) {
 	waitUntil(t, time.Minute, "the dev node reporting itself leader on /metrics", func() (bool, string) {
 		var err error
 		body, err = get("/metrics")
-		return err == nil && strings.Contains(body, "\nblixard_raft_is_leader 1\n"), fmt.Sprint(err, "\n", body)
+		// The node's own registration and fence heartbeats are proposals.
+		return err == nil && strings.Contains(body, "\nblixard_raft_is_leader 1\n") &&
+			strings.Contains(body, "\nblixard_raft_propose_seconds_count{kind=\"single\"} "), fmt.Sprint(err, "\n", body)
 	})
-	for _, want := range []string{"go_goroutines ", "process_resident_memory_bytes ", "blixard_raft_applied_index ", "blixard_local_vms_running 0\n"} {
+	for _, want := range []string{"go_goroutines ", "process_resident_memory_bytes ", "blixard_raft_applied_index ", "blixard_local_vms_running 0\n",
+		"\nblixard_raft_propose_commands_count ", "\nblixard_raft_propose_failures_total "} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -376,6 +376,10 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 		Driver:     driver,
 		Logger:     log,
 		StartReplica: func(onEffects func([]consensus.Effect), onRestore func()) (actors.NodeReplica, error) {
+			var onProposed func(int, time.Duration, error)
+			if metrics != nil {
+				onProposed = metrics.onProposed
+			}
 			return consensus.StartReplica(consensus.ReplicaConfig{
 				ReplicaID:      f.nodeID,
 				DataDir:        dataDir,
@@ -386,6 +390,7 @@ func (a *app) runNode(ctx context.Context, f runFlags, s nodeSetup) error {
 				Logger:         log,
 				OnEffects:      onEffects,
 				OnRestore:      onRestore,
+				OnProposed:     onProposed,
 			})
 		},
 		StopVMsOnExit:  f.stopVMsOnExit,
