@@ -273,7 +273,11 @@ func (c *Client) call(ctx context.Context, req proto.Message, extra time.Duratio
 	// Each address not known to answer gets one status probe per call, on
 	// its first attempt; later attempts skip it, so a slow but live
 	// cluster (every probe too late) is still served.
-	pinged := make(map[string]bool, n)
+	var few [8]bool // by address index; no allocation for up to 8 addresses
+	pinged := few[:]
+	if n > len(few) {
+		pinged = make([]bool, n)
+	}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 && attempt%n == 0 {
 			t := time.NewTimer(backoff)
@@ -293,8 +297,8 @@ func (c *Client) call(ctx context.Context, req proto.Message, extra time.Duratio
 		// Whether the end of the retry window cuts this attempt short.
 		dl, hasDL := ctx.Deadline()
 		lastChance := hasDL && time.Until(dl) < c.opts.attemptTimeout+extra
-		ping := !pinged[addr]
-		pinged[addr] = true
+		ping := !pinged[i]
+		pinged[i] = true
 		res, err := c.attempt(ctx, addr, req, extra, ping)
 		if err != nil {
 			c.setHealthy(addr, false)

@@ -146,3 +146,15 @@ func TestMeasureStateSmall(t *testing.T) {
 		t.Fatalf("implausible %+v", r)
 	}
 }
+
+func TestBenchVMName(t *testing.T) {
+	for _, c := range []struct {
+		prefix string
+		w, i   int
+		want   string
+	}{{"bench", 0, 0, "bench-0-0"}, {"bench", 255, 123456, "bench-255-123456"}, {"nl", 3, 42, "nl-3-42"}} {
+		if got := BenchVMName(c.prefix, c.w, c.i); got != c.want {
+			t.Errorf("BenchVMName(%q, %d, %d) = %q, want %q", c.prefix, c.w, c.i, got, c.want)
+		}
+	}
+}
