@@ -129,7 +129,9 @@ func NewAPI(cfg APIConfig) *actor.Props {
 		panic("actors: APIConfig needs a Replica")
 	}
 	return actor.PropsFromProducer(func() actor.Actor {
-		return &apiActor{cfg: cfg, sem: make(chan struct{}, cfg.MaxInFlight)}
+		a := &apiActor{cfg: cfg, sem: make(chan struct{}, cfg.MaxInFlight)}
+		a.group = newGroupCommit(a)
+		return a
 	})
 }
 
@@ -139,6 +141,7 @@ type apiActor struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	group  *groupCommit
 }
 
 func (a *apiActor) Receive(ctx actor.Context) {
@@ -211,7 +214,7 @@ func (a *apiActor) serve(ctx context.Context, system *actor.ActorSystem, msg pro
 		if e != nil {
 			return &blixardpb.VmResponse{Error: e}
 		}
-		res, e := a.propose(ctx, cmd)
+		res, e := a.group.propose(ctx, cmd)
 		return apiVMResponse(res, e)
 	case *blixardpb.VmWriteBatchRequest:
 		return a.writeBatch(ctx, m)

@@ -188,7 +188,9 @@ func (g *gateReplica) Propose(ctx context.Context, cmd *blixardpb.Command) (*bli
 }
 
 // TestAPIServesRequestsConcurrently: 256 proposals are in flight at once,
-// so the actor's mailbox is never blocked by one.
+// so the actor's mailbox is never blocked by one. (Node writes: single VM
+// writes that arrive while one is in flight wait in the api's group
+// commit instead, see TestAPIGroupsConcurrentSingleWrites.)
 func TestAPIServesRequestsConcurrently(t *testing.T) {
 	gate := &gateReplica{release: make(chan struct{})}
 	local := consensustest.NewLocal()
@@ -197,7 +199,7 @@ func TestAPIServesRequestsConcurrently(t *testing.T) {
 	const n = 256
 	futures := make([]*actor.Future, n)
 	for i := range futures {
-		futures[i] = e.system.Root.RequestFuture(e.pid, &blixardpb.StopVmRequest{RequestId: fmt.Sprint(i), Name: fmt.Sprintf("vm%d", i)}, 30*time.Second)
+		futures[i] = e.system.Root.RequestFuture(e.pid, &blixardpb.SetNodeSchedulableRequest{RequestId: fmt.Sprint(i), NodeId: 2, Schedulable: i%2 == 0}, 30*time.Second)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for gate.inFlight.Load() < n {
@@ -216,7 +218,7 @@ func TestAPIServesRequestsConcurrently(t *testing.T) {
 		if err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
-		if code := res.(*blixardpb.VmResponse).GetError().GetCode(); code != blixardpb.Code_NOT_FOUND {
+		if code := res.(*blixardpb.NodeResponse).GetError().GetCode(); code != blixardpb.Code_NOT_FOUND {
 			t.Fatalf("request %d: code %v, want NOT_FOUND", i, code)
 		}
 	}
@@ -376,7 +378,9 @@ func TestAPIClusterStatus(t *testing.T) {
 }
 
 // TestAPIStopAnswersInFlight: stopping the actor answers held requests
-// UNAVAILABLE and leaves no goroutine behind.
+// UNAVAILABLE and leaves no goroutine behind: node writes held in the
+// replica, and VM writes, one held in the replica and the others waiting
+// in the group commit behind it.
 func TestAPIStopAnswersInFlight(t *testing.T) {
 	gate := &gateReplica{release: make(chan struct{}), Replica: consensustest.NewLocal()}
 	system := newTestSystem()
@@ -385,7 +389,11 @@ func TestAPIStopAnswersInFlight(t *testing.T) {
 	var wg sync.WaitGroup
 	codes := make([]blixardpb.Code, 8)
 	for i := range codes {
-		f := system.Root.RequestFuture(pid, &blixardpb.StartVmRequest{RequestId: fmt.Sprint(i), Name: "web"}, 20*time.Second)
+		var req proto.Message = &blixardpb.StartVmRequest{RequestId: fmt.Sprint(i), Name: "web"}
+		if i%2 == 1 {
+			req = &blixardpb.SetNodeSchedulableRequest{RequestId: fmt.Sprint(i), NodeId: 2}
+		}
+		f := system.Root.RequestFuture(pid, req, 20*time.Second)
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -394,11 +402,12 @@ func TestAPIStopAnswersInFlight(t *testing.T) {
 				codes[i] = blixardpb.Code_INTERNAL
 				return
 			}
-			codes[i] = res.(*blixardpb.VmResponse).GetError().GetCode()
+			codes[i] = res.(interface{ GetError() *blixardpb.Error }).GetError().GetCode()
 		}(i)
 	}
+	// The four node writes and the first VM write reach the replica.
 	deadline := time.Now().Add(10 * time.Second)
-	for gate.inFlight.Load() < int64(len(codes)) {
+	for gate.inFlight.Load() < int64(len(codes)/2+1) {
 		if time.Now().After(deadline) {
 			t.Fatal("requests never reached the replica")
 		}
@@ -467,5 +476,74 @@ func TestAPIWriteBatch(t *testing.T) {
 	}
 	if g := e.ask(&blixardpb.GetVmRequest{Name: "big-0"}).(*blixardpb.VmResponse); g.GetError().GetCode() != blixardpb.Code_NOT_FOUND {
 		t.Fatalf("an oversized batch created a vm: %v", g)
+	}
+}
+
+// gatedReplica holds its first Propose until open is closed, and counts
+// the commands ProposeBatch commits.
+type gatedReplica struct {
+	*consensustest.Local
+	first   atomic.Bool
+	open    chan struct{}
+	batched atomic.Int64
+}
+
+func (g *gatedReplica) Propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, error) {
+	if g.first.CompareAndSwap(false, true) {
+		<-g.open
+	}
+	return g.Local.Propose(ctx, cmd)
+}
+
+func (g *gatedReplica) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) ([]*blixardpb.Result, error) {
+	g.batched.Add(int64(len(cmds)))
+	return g.Local.ProposeBatch(ctx, cmds)
+}
+
+// TestAPIGroupsConcurrentSingleWrites: single VM writes that arrive while
+// a proposal is in flight are committed together in one Batch entry, each
+// with its own result; a retry of one of them creates nothing new.
+func TestAPIGroupsConcurrentSingleWrites(t *testing.T) {
+	g := &gatedReplica{open: make(chan struct{})}
+	e := newAPIEnv(t, actors.APIConfig{Replica: g})
+	g.Local = e.local // before the first request
+	before := e.local.Index()
+	const n = 10
+	create := func(i int) *blixardpb.CreateVmRequest {
+		return &blixardpb.CreateVmRequest{RequestId: fmt.Sprintf("g-%d", i), NoStart: true,
+			Spec: &blixardpb.VmSpec{Name: fmt.Sprintf("group-%d", i), Vcpus: 1, MemoryMb: 64}}
+	}
+	res := make([]*blixardpb.VmResponse, n+1)
+	var wg sync.WaitGroup
+	wg.Go(func() { res[0] = e.ask(create(0)).(*blixardpb.VmResponse) })
+	for deadline := time.Now().Add(10 * time.Second); !g.first.Load(); time.Sleep(time.Millisecond) { // the first write is in flight
+		if time.Now().After(deadline) {
+			t.Fatal("the first write never reached the replica")
+		}
+	}
+	for i := 1; i <= n; i++ {
+		wg.Go(func() { res[i] = e.ask(create(i)).(*blixardpb.VmResponse) })
+	}
+	// The others reach the api while the first is held (they are not
+	// proposed before it returns; if one were late it would only make a
+	// later batch, which the checks below allow).
+	time.Sleep(200 * time.Millisecond)
+	close(g.open)
+	wg.Wait()
+	for i, r := range res {
+		if r.GetError().GetCode() != blixardpb.Code_OK || r.GetVm().GetSpec().GetName() != fmt.Sprintf("group-%d", i) {
+			t.Fatalf("write %d: %v, want its own vm created", i, r)
+		}
+	}
+	entries := e.local.Index() - before
+	if g.batched.Load() != n || entries >= n+1 {
+		t.Fatalf("%d writes took %d entries, %d of them batched; want the %d queued writes batched", n+1, entries, g.batched.Load(), n)
+	}
+	again := e.ask(create(5)).(*blixardpb.VmResponse)
+	if !proto.Equal(again, res[5]) {
+		t.Fatalf("retried write: %v, want the first result %v", again, res[5])
+	}
+	if vms := e.ask(&blixardpb.ListVmsRequest{}).(*blixardpb.ListVmsResponse).GetVms(); len(vms) != n+1 {
+		t.Fatalf("%d vms after the retry, want %d", len(vms), n+1)
 	}
 }
