@@ -154,20 +154,23 @@ func runCommit(ctx context.Context, e *env) ([]Table, error) {
 			"settings, a counter state machine, SyncPropose on the leader of %d-byte payloads (the command blixard commits "+
 			"for a create), one entry per operation. etcd: 3 members on loopback, puts of the same bytes through "+
 			"go.etcd.io/etcd/client/v3 on the leader's endpoint. Latencies are per operation.", d, len(commitPayload(255, 99999))))
-	t.Notes = append(t.Notes, "", "blixard with client batching off (`bench commit --batches 0`: every write its own request and Raft entry), "+
-		"same cluster, same run; and how many writes the batched run committed per Raft entry:", "",
-		"| concurrency | unbatched ops/s | p50 | p99 | unbatched/raw | unbatched/etcd | batched: writes per entry |",
-		"|---|---|---|---|---|---|---|")
+	t.Notes = append(t.Notes, "", "blixard with client batching off (`bench commit --batches 0`: every write its own request; the node's api "+
+		"commits the writes that arrive while one is being proposed as one entry), same cluster, same run; and how many writes "+
+		"each run committed per Raft entry:", "",
+		"| concurrency | unbatched ops/s | p50 | p99 | unbatched/raw | unbatched/etcd | unbatched: writes per entry | batched: writes per entry |",
+		"|---|---|---|---|---|---|---|---|")
 	for _, n := range levels {
 		u, b, r, x := byLevel(unbatched, n), byLevel(bl, n), byLevel(raw, n), byLevel(et, n)
 		_, ur := ratio(u, r)
 		_, ux := ratio(u, x)
-		per := "—"
-		if b != nil && b.Entries > 0 {
-			per = fmt.Sprintf("%.1f", float64(b.Ops)/float64(b.Entries))
+		per := func(r *LoadResult) string {
+			if r == nil || r.Entries == 0 {
+				return "—"
+			}
+			return fmt.Sprintf("%.1f", float64(r.Ops)/float64(r.Entries))
 		}
 		row := append([]string{fmt.Sprint(n)}, cells(u)...)
-		t.Notes = append(t.Notes, "| "+strings.Join(append(row, ur, ux, per), " | ")+" |")
+		t.Notes = append(t.Notes, "| "+strings.Join(append(row, ur, ux, per(u), per(b)), " | ")+" |")
 	}
 	t.Notes = append(t.Notes, "", "CPU per commit (µs; the machine has 2 cores for everything):", "",
 		"| concurrency | blixard nodes | blixard load generator | raw (cluster + proposers) | etcd members | etcd client |",
