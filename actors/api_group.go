@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"sync"
 
 	"github.com/blixard/blixard/consensus"
 	"github.com/blixard/blixard/proto/blixardpb"
@@ -16,7 +17,7 @@ import (
 // proposed, commits once: its retry carries the same request id).
 type groupCommit struct {
 	a     *apiActor
-	mu    chan struct{} // a one-slot lock
+	mu    sync.Mutex
 	busy  bool
 	queue []*groupWrite
 }
@@ -32,26 +33,21 @@ type groupResult struct {
 	err *apiError
 }
 
-func newGroupCommit(a *apiActor) *groupCommit {
-	return &groupCommit{a: a, mu: make(chan struct{}, 1)}
-}
-
-func (g *groupCommit) lock()   { g.mu <- struct{}{} }
-func (g *groupCommit) unlock() { <-g.mu }
+func newGroupCommit(a *apiActor) *groupCommit { return &groupCommit{a: a} }
 
 // propose commits cmd, alone or in a batch with concurrent writes.
 func (g *groupCommit) propose(ctx context.Context, cmd *blixardpb.Command) (*blixardpb.Result, *apiError) {
-	g.lock()
+	g.mu.Lock()
 	if !g.busy {
 		g.busy = true
-		g.unlock()
+		g.mu.Unlock()
 		res, e := g.a.propose(ctx, cmd)
 		g.drain()
 		return res, e
 	}
 	w := &groupWrite{ctx: ctx, cmd: cmd, done: make(chan groupResult, 1)}
 	g.queue = append(g.queue, w)
-	g.unlock()
+	g.mu.Unlock()
 	select {
 	case r := <-w.done:
 		return r.res, r.err
@@ -64,27 +60,27 @@ func (g *groupCommit) propose(ctx context.Context, cmd *blixardpb.Command) (*bli
 // flight, batch after batch, until nothing is queued; it runs on after
 // the caller's answer in a goroutine of its own.
 func (g *groupCommit) drain() {
-	g.lock()
+	g.mu.Lock()
 	if len(g.queue) == 0 {
 		g.busy = false
-		g.unlock()
+		g.mu.Unlock()
 		return
 	}
-	g.unlock()
+	g.mu.Unlock()
 	g.a.wg.Add(1)
 	go func() {
 		defer g.a.wg.Done()
 		for {
-			g.lock()
+			g.mu.Lock()
 			n := min(len(g.queue), consensus.MaxBatch)
 			if n == 0 {
 				g.busy = false
-				g.unlock()
+				g.mu.Unlock()
 				return
 			}
 			batch := append([]*groupWrite(nil), g.queue[:n]...)
 			g.queue = append(g.queue[:0], g.queue[n:]...)
-			g.unlock()
+			g.mu.Unlock()
 			g.send(batch)
 		}
 	}()

@@ -190,8 +190,9 @@ func (n *Node) leadMembership(g Gossip, changer raftMembershipChanger, since tim
 		DownGrace: n.cfg.DownGrace, DeadVoterGrace: n.cfg.DeadVoterGrace, MaxVoters: n.cfg.MaxVoters,
 		Gossip: g.Members(), Raft: rm, Nodes: nodes, SeenAlive: seenAlive,
 	}
-	nextAt, next = nextDown(view)
-	for _, a := range planMembership(view) {
+	var actions []membershipAction
+	actions, nextAt, next = plan(view)
+	for _, a := range actions {
 		if n.ctx.Err() != nil {
 			return
 		}

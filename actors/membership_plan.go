@@ -127,7 +127,21 @@ func (a membershipAction) String() string {
 // Members that are not replicas and do not announce Joining (a node
 // bootstrapped as another cluster) are left alone.
 func planMembership(v membershipView) []membershipAction {
-	var out []membershipAction
+	out, _, _ := plan(v)
+	return out
+}
+
+// nextDown is the earliest time after v.Now at which planMembership
+// would set a member down (its grace ends), if gossip does not change
+// before; ok is false when no member is on its way down. The membership
+// loop runs a pass then, rather than up to a tick later.
+func nextDown(v membershipView) (at time.Time, ok bool) {
+	_, at, ok = plan(v)
+	return at, ok
+}
+
+// plan is planMembership, also returning nextDown.
+func plan(v membershipView) (out []membershipAction, nextDown time.Time, hasNext bool) {
 	records := make(map[uint64]*blixardpb.NodeRecord, len(v.Nodes))
 	for _, r := range v.Nodes {
 		records[r.GetId()] = r
@@ -233,9 +247,11 @@ func planMembership(v membershipView) []membershipAction {
 		if gone := v.Now.Sub(goneSince); gone >= v.DownGrace {
 			why := fmt.Sprintf("gossip: %s for %s", stateWord(m, ok), gone.Round(time.Millisecond))
 			out = append(out, membershipAction{Kind: actSetStatus, NodeID: id, Status: blixardpb.NodeStatus_NODE_STATUS_DOWN, SeenAlive: v.SeenAlive[id], Why: why})
+		} else if due := goneSince.Add(v.DownGrace); !hasNext || due.Before(nextDown) {
+			nextDown, hasNext = due, true
 		}
 	}
-	return out
+	return out, nextDown, hasNext
 }
 
 // goneSince is when the down grace of a member with a node record
@@ -262,36 +278,6 @@ func (v membershipView) goneSince(m membership.Member, ok bool) (since time.Time
 		return since, true
 	}
 	return time.Time{}, false
-}
-
-// nextDown is the earliest time after v.Now at which planMembership
-// would set a member down (its grace ends), if gossip does not change
-// before; ok is false when no member is on its way down. The membership
-// loop runs a pass then, rather than up to a tick later.
-func nextDown(v membershipView) (at time.Time, ok bool) {
-	seen := make(map[uint64]membership.Member, len(v.Gossip))
-	for _, m := range v.Gossip {
-		seen[m.NodeID] = m
-	}
-	for _, r := range v.Nodes {
-		switch r.GetStatus() {
-		case blixardpb.NodeStatus_NODE_STATUS_ALIVE, blixardpb.NodeStatus_NODE_STATUS_SUSPECT, blixardpb.NodeStatus_NODE_STATUS_DRAINING:
-		default:
-			continue
-		}
-		if r.GetId() == v.Self {
-			continue
-		}
-		m, known := seen[r.GetId()]
-		since, gone := v.goneSince(m, known)
-		if !gone {
-			continue
-		}
-		if due := since.Add(v.DownGrace); due.After(v.Now) && (!ok || due.Before(at)) {
-			at, ok = due, true
-		}
-	}
-	return at, ok
 }
 
 // deadVoters are the voters, lowest id first, that may be replaced: not

@@ -383,8 +383,10 @@ func (r *Replica) Close() error {
 // answer (a lost message): the state machine's request table makes the
 // duplicate harmless. Without a request id Propose only waits, since a
 // second copy could apply twice.
-func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (res *blixardpb.Result, err error) {
-	defer r.observe(1, time.Now(), &err)
+func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (_ *blixardpb.Result, err error) {
+	if r.cfg.OnProposed != nil {
+		defer r.observe(1, time.Now(), &err)
+	}
 	data, err := proto.MarshalOptions{}.MarshalAppend(encodeEntry(r.cfg.ReplicaID), cmd)
 	if err != nil {
 		return nil, fmt.Errorf("marshalling command: %w", err)
@@ -405,9 +407,7 @@ func (r *Replica) Propose(ctx context.Context, cmd *blixardpb.Command) (res *bli
 
 // observe reports a proposal of n commands begun at start to OnProposed.
 func (r *Replica) observe(n int, start time.Time, err *error) {
-	if r.cfg.OnProposed != nil {
-		r.cfg.OnProposed(n, time.Since(start), *err)
-	}
+	r.cfg.OnProposed(n, time.Since(start), *err)
 }
 
 // MaxBatch is the most commands ProposeBatch takes in one entry.
@@ -421,7 +421,9 @@ const MaxBatch = 1024
 // the entry is proposed again (see Propose) only when every command has a
 // request id.
 func (r *Replica) ProposeBatch(ctx context.Context, cmds []*blixardpb.Command) (_ []*blixardpb.Result, err error) {
-	defer r.observe(len(cmds), time.Now(), &err)
+	if r.cfg.OnProposed != nil {
+		defer r.observe(len(cmds), time.Now(), &err)
+	}
 	switch {
 	case len(cmds) == 0:
 		return nil, nil
